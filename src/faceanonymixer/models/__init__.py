@@ -1,0 +1,1 @@
+"""Network architectures and checkpoint loaders (one file per architecture)."""

@@ -1,0 +1,393 @@
+"""FaceAnonyMixer end to end: align -> invert -> (optional latent refinement) -> mix -> optimise -> synthesise.
+
+Python API (see docs/method.md)::
+
+    from faceanonymixer import pipeline, keys
+    prot = pipeline.Protector(pipeline.load_config("configs/default.yaml").protect)   # loads models once
+    res = prot.protect(["a1.jpg", "a2.jpg"], keys.read_key_file("alice.key"))         # one person
+    batch = prot.protect_people([["a1.jpg"], ["b1.jpg", "b2.jpg"]], [key_a, key_b])   # many, batched
+    pipeline.save_person(res, "out/alice", prot)                                        # PNG + sidecar JSON
+
+Items may be image paths, RGB uint8 arrays, or already FFHQ-aligned tensors [3,R,R] in [-1,1] (which skip
+detection; used for synthetic faces). Failures are collected per item (``BatchResult.failures``), never fatal
+for the batch. Same input + key + config (and batch composition) -> bit-identical output on the same machine.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import config as config_mod
+from .errors import FaceAnonyMixerError, ImageError
+from .keys import DEFAULT_CONTEXT, DEFAULT_PSI, Key, key_wplus
+from .losses import LossConfig, get_attribute_encoder
+from .mixing import MixingConfig, make_plan
+from .optimize import Group, OptimConfig, optimise, single_image_group
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+
+
+# -- configuration -----------------------------------------------------------------------------------------
+@dataclass
+class ModelsConfig:
+    generator: str = "fam-stylegan2-64"   # registry name or file path (models.loading.load_generator)
+    inverter: str = "fam-e4e-64"          # registry name or file path (models.encoders.load_inverter)
+    id_net: str = "auto"                  # loss recogniser: 'auto' = arcface-ir-se50 if present, else sface
+    device: str = "cpu"
+
+
+@dataclass
+class KeyConfig:
+    context: str = DEFAULT_CONTEXT        # application context mixed into the key derivation
+    psi: float = DEFAULT_PSI              # truncation of the key's code
+
+
+@dataclass
+class RefineConfig:
+    """Latent-only inversion refinement (paper: 150 Adam steps, LPIPS + 0.1 MSE); here MSE + w_perc * the
+    attribute-feature distance (an offline perceptual term)."""
+    steps: int = 0                        # 0 = encoder only
+    lr: float = 0.005
+    w_mse: float = 1.0
+    w_perc: float = 0.01
+
+
+@dataclass
+class ProtectConfig:
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    key: KeyConfig = field(default_factory=KeyConfig)
+    mixing: MixingConfig = field(default_factory=MixingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    batch_people: int = 16                # people optimised together in one batched pass
+
+
+@dataclass
+class WorkflowConfig:
+    matcher: str = "sface"                # recogniser the enrol/verify "FR system" uses
+    threshold: float = 0.363              # cosine decision threshold (OpenCV's SFace default)
+    gallery: str = "gallery.db"
+
+
+@dataclass
+class DemoConfig:
+    samples: str | None = None            # folder of sample photos (default: <data_dir>/samples)
+    out: str = "out/demo"
+    steps: int | None = None              # override optim.steps for the demo (None = config value)
+
+
+@dataclass
+class AppConfig:
+    protect: ProtectConfig = field(default_factory=ProtectConfig)
+    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+
+
+def load_config(path=None, overrides: list[str] | None = None) -> AppConfig:
+    """YAML -> AppConfig (unknown keys rejected; ``a.b=value`` overrides)."""
+    return config_mod.load(AppConfig, path, overrides)
+
+
+# -- results ----------------------------------------------------------------------------------------------
+@dataclass
+class PersonResult:
+    name: str
+    key_fingerprint: str
+    images: torch.Tensor                  # [n,3,R,R] protected, in [-1,1] (CPU)
+    ws: torch.Tensor                      # [n,L,D] protected codes (in memory only; never written)
+    sources: list[str]                    # one per image
+    timings: dict
+
+
+@dataclass
+class BatchResult:
+    results: list[PersonResult]
+    failures: list[tuple[str, str]]       # (item, message)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """[3,R,R] or [N,3,R,R] in [-1,1] -> HxWx3 / NxHxWx3 uint8 (fixed mapping, no per-image rescale)."""
+    y = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return y.permute(*range(y.dim() - 3), -2, -1, -3).numpy()
+
+
+def from_uint8(a: np.ndarray) -> torch.Tensor:
+    """HxWx3 uint8 -> [3,H,W] in [-1,1]."""
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def module_digest(m: torch.nn.Module) -> str:
+    """sha256 (16 hex) of a module's state dict, for modules given in memory."""
+    h = hashlib.sha256()
+    for k, v in sorted(m.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# -- the protector ----------------------------------------------------------------------------------------
+class Protector:
+    """Loads the generator, inverter and networks once; protects people in batches.
+
+    Attributes for evaluation code: ``generator``, ``inverter``, ``id_net``, ``attr``, ``plan``, ``resolution``,
+    ``config``; ``key_code(key)`` is the key's W+ code; ``invert(x)``; ``synthesise(ws)``."""
+
+    def __init__(self, config: ProtectConfig | None = None, *,
+                 generator=None,                 # a Generator instance (else loaded from config.models.generator)
+                 inverter=None,                  # an Inverter with encode(x)->ws (else loaded from config)
+                 id_net=None,                    # a differentiable Recogniser (else from config.models.id_net)
+                 attr_net=None,                  # attribute encoder; default from config.loss.attr_net
+                 device: str | None = None):
+        self.config = config or ProtectConfig()
+        self.device = torch.device(device or self.config.models.device)
+        self.model_info: dict[str, dict] = {}
+        if generator is None:
+            try:
+                from .models.loading import load_generator
+            except ModuleNotFoundError as e:
+                raise FaceAnonyMixerError(f"cannot load generator '{self.config.models.generator}': {e} "
+                                          "(faceanonymixer.models.loading is not installed in this build)") from None
+            generator = load_generator(self.config.models.generator)
+            self.model_info["generator"] = _file_info(self.config.models.generator)
+        else:
+            self.model_info["generator"] = dict(name=type(generator).__name__, sha256=module_digest(generator))
+        self.generator = generator.to(self.device).eval().requires_grad_(False)
+        if inverter is None:
+            try:
+                from .models.encoders import load_inverter
+            except ModuleNotFoundError as e:
+                raise FaceAnonyMixerError(f"cannot load inverter '{self.config.models.inverter}': {e} "
+                                          "(faceanonymixer.models.encoders is not installed in this build)") from None
+            inverter = load_inverter(self.config.models.inverter, self.generator)
+            self.model_info["inverter"] = _file_info(self.config.models.inverter)
+        else:
+            self.model_info["inverter"] = dict(name=type(inverter).__name__, sha256=module_digest(inverter))
+        self.inverter = inverter.to(self.device).eval().requires_grad_(False) \
+            if isinstance(inverter, torch.nn.Module) else inverter
+        if id_net is None:
+            from .fr import available, get_recogniser
+            name = self.config.models.id_net
+            if name == "auto":
+                name = "arcface-ir-se50" if "arcface-ir-se50" in available() else "sface"
+            id_net = get_recogniser(name, device=self.device)
+            self.model_info["id_net"] = _file_info(name)
+        else:
+            self.model_info["id_net"] = dict(name=getattr(id_net, "name", type(id_net).__name__))
+        if not getattr(id_net, "differentiable", False):
+            raise FaceAnonyMixerError(f"id_net '{getattr(id_net, 'name', id_net)}' is not differentiable; use sface "
+                                      "or arcface-ir-se50")
+        self.id_net = id_net
+        if attr_net is None:
+            attr_net = get_attribute_encoder(self.config.loss.attr_net,
+                                             id_net if getattr(id_net, "name", "") == "sface" else None)
+        self.attr = attr_net
+        self.model_info["attr_net"] = dict(name=getattr(attr_net, "name", "none"))
+        self.resolution = int(self.generator.resolution)
+        self.plan = make_plan(self.generator.num_ws, self.config.mixing, self.resolution)
+        self._aligner = None
+        if self.device.type == "cuda":
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+
+    # -- building blocks -----------------------------------------------------------------------------------
+    def key_code(self, key: Key) -> torch.Tensor:
+        """The key's W+ code [1,L,D] (config.key.context / psi)."""
+        return key_wplus(key, self.generator, self.config.key.context, self.config.key.psi)
+
+    def load_face(self, item, source: str | None = None) -> tuple[torch.Tensor, str]:
+        """One item -> (aligned x[1,3,R,R] in [-1,1], source name). Raises ImageError / NoFaceError."""
+        R = self.resolution
+        if isinstance(item, torch.Tensor):
+            if item.dim() != 3 or tuple(item.shape) != (3, R, R):
+                raise ImageError(f"{source or 'tensor'}: an aligned tensor must be [3,{R},{R}], got {tuple(item.shape)}")
+            x = item.detach().float().clamp(-1, 1)
+            return from_uint8(to_uint8(x))[None].to(self.device), source or "tensor"
+        if self._aligner is None:
+            from .align import Aligner
+            self._aligner = Aligner("ffhq", size=R)
+        src = source or (str(item) if isinstance(item, (str, os.PathLike)) else "array")
+        crop, _ = self._aligner.align_one(item, src)
+        return from_uint8(crop)[None].to(self.device), src
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder only: x[N,3,R,R] -> ws[N,L,D]."""
+        ws = self.inverter.encode(x.to(self.device))
+        assert ws.shape[1:] == (self.generator.num_ws, self.generator.w_dim), tuple(ws.shape)
+        return ws.float()
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder then (config.refine.steps) latent-only refinement: x[N,3,R,R] -> ws[N,L,D] (detached)."""
+        ws = self.encode(x)
+        rc = self.config.refine
+        if rc.steps <= 0:
+            return ws
+        ws = ws.clone().requires_grad_(True)
+        opt = torch.optim.Adam([ws], lr=rc.lr)
+        x = x.to(self.device)
+        f_ref = None
+        if rc.w_perc > 0 and self.attr is not None:
+            with torch.no_grad():
+                f_ref = self.attr.features(x)
+        from .losses import attribute_loss
+        for _ in range(rc.steps):
+            opt.zero_grad(set_to_none=True)
+            y = self.generator.synthesis(ws, noise_mode=self.config.optim.noise_mode)
+            loss = rc.w_mse * F.mse_loss(y, x, reduction="none").mean((1, 2, 3)).sum()
+            if f_ref is not None:
+                loss = loss + rc.w_perc * attribute_loss(self.attr.features(y), f_ref).sum()
+            loss.backward()
+            opt.step()
+        return ws.detach()
+
+    @torch.no_grad()
+    def synthesise(self, ws: torch.Tensor) -> torch.Tensor:
+        """ws[N,L,D] -> images [N,3,R,R] in [-1,1]."""
+        return self.generator.synthesis(ws.to(self.device), noise_mode=self.config.optim.noise_mode).clamp(-1, 1)
+
+    def _augment_seed(self, key: Key, x: torch.Tensor) -> int:
+        digest = hashlib.sha256(to_uint8(x[0]).tobytes()).hexdigest()
+        return key.seed(self.config.key.context, f"augment|{digest}")
+
+    def _decoys(self, key: Key) -> torch.Tensor | None:
+        lc = self.config.loss
+        if lc.w_sep <= 0 or lc.sep_decoys <= 0:
+            return None
+        ks = [Key(key.derive(f"faceanonymixer/decoy/v1|{j}")) for j in range(lc.sep_decoys)]
+        return torch.cat([self.key_code(k) for k in ks])
+
+    # -- the API ------------------------------------------------------------------------------------------
+    def protect_people(self, people: Sequence[Sequence], keys: Key | Sequence[Key],
+                       names: Sequence[str] | None = None, steps: int | None = None) -> BatchResult:
+        """Protect several people (each a list of items) with one key each (or one key for all).
+        ``steps`` overrides config.optim.steps (0 = naive mix, the no-refinement ablation)."""
+        if isinstance(keys, Key):
+            keys = [keys] * len(people)
+        assert len(keys) == len(people), (len(keys), len(people))
+        names = list(names) if names is not None else [f"person{i}" for i in range(len(people))]
+        cfg = self.config.optim
+        if steps is not None:
+            from dataclasses import replace
+            cfg = replace(cfg, steps=int(steps))
+        results: list[PersonResult] = []
+        failures: list[tuple[str, str]] = []
+        prepared = []
+        for name, items, key in zip(names, people, keys):
+            t0 = time.perf_counter()
+            xs, srcs = [], []
+            for j, item in enumerate(items):
+                src = str(item) if isinstance(item, (str, os.PathLike)) else f"{name}[{j}]"
+                try:
+                    x, src = self.load_face(item, src)
+                except ImageError as e:
+                    failures.append((src, str(e)))
+                    log.warning("skipped %s", e)
+                    continue
+                xs.append(x)
+                srcs.append(src)
+            if not xs:
+                failures.append((name, f"{name}: no usable image"))
+                continue
+            prepared.append((name, key, torch.cat(xs), srcs, time.perf_counter() - t0))
+        B = max(1, int(self.config.batch_people))
+        for c in range(0, len(prepared), B):
+            chunk = prepared[c:c + B]
+            t1 = time.perf_counter()
+            groups = []
+            for name, key, x, srcs, _ in chunk:
+                w_real = self.invert(x)
+                w_key = self.key_code(key)
+                if x.shape[0] == 1:
+                    g = single_image_group(x, w_real, w_key, cfg.augment_copies, self._augment_seed(key, x))
+                else:
+                    g = Group(x, w_real, w_key)
+                g.w_decoys = self._decoys(key)
+                groups.append(g)
+                del w_real                        # the real codes are not kept beyond this call
+            t_inv = time.perf_counter() - t1
+            res = optimise(self.generator, self.id_net, self.attr, groups, self.plan, self.config.loss, cfg)
+            n_faces = sum(g.n_out for g in groups)
+            for (name, key, x, srcs, t_align), ws, img in zip(chunk, res.ws, res.images):
+                results.append(PersonResult(
+                    name=name, key_fingerprint=key.fingerprint, images=img.cpu(), ws=ws.cpu(), sources=srcs,
+                    timings=dict(align_s=round(t_align, 4), invert_s_batch=round(t_inv, 4),
+                                 optimise_s_batch=round(res.seconds, 4), people_in_batch=len(chunk),
+                                 faces_in_batch=n_faces, steps=cfg.steps)))
+        return BatchResult(results, failures)
+
+    def protect(self, images: Sequence, key: Key, name: str = "person") -> PersonResult:
+        """All ``images`` of ONE person under ``key``. Raises ImageError if none is usable."""
+        br = self.protect_people([list(images)], [key], [name])
+        if not br.results:
+            raise ImageError("; ".join(m for _, m in br.failures))
+        return br.results[0]
+
+    def sidecar(self, result: PersonResult, index: int) -> dict:
+        """Metadata for one protected image: never the key, never a latent."""
+        return dict(format="faceanonymixer-protected", version=FORMAT_VERSION, source=Path(result.sources[index]).name,
+                    person=result.name, key_fingerprint=result.key_fingerprint,
+                    config_hash=config_mod.config_hash(self.config), resolution=self.resolution,
+                    mixing=self.plan.describe(), models=self.model_info, timings=result.timings)
+
+
+def save_person(result: PersonResult, out_dir, protector: Protector) -> list[Path]:
+    """Write each protected image as ``<out_dir>/<stem>.png`` plus ``<stem>.json`` (atomic). Returns PNG paths."""
+    from .images import write_png_atomic
+    out_dir = Path(out_dir)
+    paths, used = [], set()
+    for i in range(result.images.shape[0]):
+        stem = Path(result.sources[i]).stem or f"img{i}"
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        p = write_png_atomic(out_dir / f"{stem}.png", to_uint8(result.images[i]))
+        _write_json_atomic(out_dir / f"{stem}.json", protector.sidecar(result, i))
+        paths.append(p)
+    return paths
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    import tempfile
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _file_info(name_or_path: str) -> dict:
+    from . import registry
+    try:
+        if name_or_path in registry.MODELS:
+            p = registry.locate(name_or_path, verify=False)
+        else:
+            p = Path(name_or_path)
+        return dict(name=name_or_path, file=p.name, sha256=registry.sha256_file(p))
+    except (FaceAnonyMixerError, OSError):
+        return dict(name=name_or_path)
+
+
+def protect(images: Sequence, key: Key, config: ProtectConfig | None = None) -> list[np.ndarray]:
+    """One-call API: protect all ``images`` of one person with ``key``; returns HxWx3 uint8 arrays at the
+    generator's resolution. Loads the models on each call: use ``Protector`` for more than one person."""
+    res = Protector(config).protect(images, key)
+    return [to_uint8(res.images[i]) for i in range(res.images.shape[0])]

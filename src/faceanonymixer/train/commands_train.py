@@ -1,0 +1,40 @@
+"""``faceanonymixer train {generator,encoder}``: train (or resume) our embedded models, then export them."""
+from __future__ import annotations
+
+import logging
+
+from .. import config as config_mod
+
+HELP = "train our embedded StyleGAN2 generator or its encoder (resumable; CPU or CUDA)"
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p):
+    p.add_argument("what", choices=["generator", "encoder"], help="which model to train")
+    p.add_argument("--config", help="YAML config (configs/train_generator.yaml or configs/train_encoder.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint is written)")
+    p.add_argument("--export", metavar="PATH", help="after training, export the EMA weights as safetensors+JSON")
+
+
+def run(args) -> int:
+    overrides = list(args.set)
+    if args.minutes is not None:
+        overrides.append(f"max_minutes={args.minutes}")
+    if args.what == "generator":
+        from .gan import GeneratorTrainConfig, GeneratorTrainer, export_generator
+        cfg = config_mod.load(GeneratorTrainConfig, args.config, overrides)
+        trainer = GeneratorTrainer(cfg)
+        trainer.run()
+        if args.export:
+            export_generator(trainer.out / "checkpoint.pt", args.export)
+            print(f"exported generator to {args.export}")
+    else:
+        from .encoder import EncoderTrainConfig, EncoderTrainer, export_encoder
+        cfg = config_mod.load(EncoderTrainConfig, args.config, overrides)
+        trainer = EncoderTrainer(cfg)
+        trainer.run()
+        if args.export:
+            export_encoder(trainer.out / "checkpoint.pt", args.export)
+            print(f"exported encoder to {args.export}")
+    return 0

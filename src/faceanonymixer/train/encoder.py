@@ -1,0 +1,216 @@
+"""e4e-style encoder trainer for our embedded generator (``faceanonymixer train encoder``).
+
+Each batch mixes generator samples (their W+ is known: latent loss + pixel + identity) and real FFHQ-aligned
+photos of the 'train' people (pixel + identity), as e4e/pSp do, with e4e's delta regulariser that keeps the
+per-layer offsets small (codes stay editable, i.e. near W). The generator is frozen; gradients flow through
+it. Identity loss = 1 - cos in SFace space (the loss network; evaluation uses other recognisers)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.e4e import E4EInverter
+from ..models.encoders import build_encoder
+from .gan import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EncoderTrainConfig:
+    generator: str = "fam-stylegan2-64"              # registry name or weights file of the (frozen) generator
+    data: str = "../shared/data/lfw/images"          # identity folders; only 'train' people are used
+    cache: str = "runs/data"                         # aligned-image cache (shared with the generator trainer)
+    out: str = "runs/encoder"                        # checkpoints, samples, log
+    encoder: dict = field(default_factory=lambda: dict(   # Encoder4Editing kwargs (n_styles is taken from G)
+        input_size=128, units=[2, 3, 4, 2], channels=[32, 64, 128, 256], style_hidden=128))
+    batch: int = 16                                  # images per step (half synthetic, half real by default)
+    synthetic_fraction: float = 0.5                  # share of generator samples in a batch
+    psi_range: tuple = (0.5, 1.0)                    # truncation range of the synthetic samples
+    lr: float = 3e-4                                 # Adam lr
+    lambda_latent: float = 1.0                       # W+ MSE on synthetic samples
+    lambda_pix: float = 1.0                          # pixel MSE + L1
+    lambda_id: float = 0.5                           # 1 - cos(SFace) between input and reconstruction
+    lambda_delta: float = 2e-4                       # e4e delta regulariser (offsets from w_0)
+    total_steps: int = 1_000_000                     # stop after this many steps ...
+    max_minutes: float | None = None                 # ... or this many minutes of this run
+    checkpoint_minutes: float = 5.0                  # checkpoint at least this often
+    sample_steps: int = 500                          # reconstruction grid every this many steps
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                                 # bf16 autocast for encoder and generator
+    threads: int | None = None
+    max_images: int | None = None                    # cap on real images (tests)
+
+
+class EncoderTrainer:
+    def __init__(self, cfg: EncoderTrainConfig, images: np.ndarray | None = None, generator=None, id_net=None):
+        from ..models.loading import load_generator
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        G = generator if generator is not None else load_generator(cfg.generator)
+        self.G = G.to(self.device).eval().requires_grad_(False)
+        enc_cfg = dict(cfg.encoder, n_styles=G.num_ws, style_dim=G.w_dim)
+        self.enc_config = enc_cfg
+        self.E = build_encoder(enc_cfg).to(self.device)
+        self.inv = E4EInverter(self.E, G.latent_avg.detach().cpu()).to(self.device)
+        if id_net is None:
+            from ..fr import get_recogniser
+            id_net = get_recogniser("sface", device=str(self.device))
+        self.id_net = id_net
+        self.opt = torch.optim.Adam(self.E.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.real = self._load_data(images)
+        self._resume()
+        # fixed images for the reconstruction grid
+        g = torch.Generator().manual_seed(7)
+        self.fixed_real = self._to_float(self.real[torch.randint(0, self.real.shape[0], (8,), generator=g)])
+
+    def _load_data(self, images):
+        if images is None:
+            from .data import load_aligned, prepare_aligned
+            path = prepare_aligned(self.cfg.data, self.cfg.cache, self.G.resolution, "train", self.cfg.max_images)
+            images, _ = load_aligned(path)
+        R = self.G.resolution
+        assert images.ndim == 4 and images.shape[1:] == (R, R, 3), images.shape
+        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+    def _to_float(self, x_u8):
+        return x_u8.float().div(127.5).sub(1.0).to(self.device)
+
+    @torch.no_grad()
+    def _synthetic(self, n):
+        G = self.G
+        z = torch.randn(n, G.z_dim, generator=self.rng).to(self.device)
+        lo, hi = self.cfg.psi_range
+        psi = (torch.rand(n, 1, generator=self.rng) * (hi - lo) + lo).to(self.device)
+        w = G.mapping(z)
+        w = G.latent_avg + psi * (w - G.latent_avg)
+        ws = w.unsqueeze(1).repeat(1, G.num_ws, 1)
+        if n > 1 and torch.rand((), generator=self.rng).item() < 0.5:   # style-mixed codes: the encoder must handle W+
+            cut = int(torch.randint(1, G.num_ws, (), generator=self.rng))
+            ws[:, cut:] = ws.roll(1, dims=0)[:, cut:]
+        return G.synthesis(ws, noise_mode="const").float().clamp(-1, 1), ws
+
+    def _real_batch(self, n):
+        idx = torch.randint(0, self.real.shape[0], (n,), generator=self.rng)
+        x = self._to_float(self.real[idx])
+        flip = (torch.rand(n, generator=self.rng) < 0.5).to(self.device)
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+    def losses(self, x: torch.Tensor, ws_true: torch.Tensor | None, n_syn: int) -> dict:
+        cfg = self.cfg
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            deltas = self.E(F.interpolate(x, size=self.E.input_size, mode="bilinear", align_corners=False)
+                            if x.shape[-1] != self.E.input_size else x)
+            ws = deltas.float() + self.inv.latent_avg.unsqueeze(0)
+            y = self.G.synthesis(ws, noise_mode="const").float()
+        out = {}
+        out["pix"] = F.mse_loss(y, x) + F.l1_loss(y, x)
+        cos = (self.id_net.embed_ffhq(y) * self.id_net.embed_ffhq(x).detach()).sum(1)
+        out["id"] = (1 - cos).mean()
+        out["delta"] = (deltas[:, 1:] - deltas[:, :1]).float().norm(dim=2).mean()
+        out["latent"] = F.mse_loss(ws[:n_syn], ws_true) if n_syn > 0 else torch.zeros((), device=x.device)
+        out["total"] = (cfg.lambda_pix * out["pix"] + cfg.lambda_id * out["id"] + cfg.lambda_delta * out["delta"]
+                        + cfg.lambda_latent * out["latent"])
+        return out
+
+    def train_step(self) -> dict:
+        cfg = self.cfg
+        n_syn = int(round(cfg.batch * cfg.synthetic_fraction))
+        parts, ws_true = [], None
+        if n_syn:
+            xs, ws_true = self._synthetic(n_syn)
+            parts.append(xs)
+        if cfg.batch - n_syn:
+            parts.append(self._real_batch(cfg.batch - n_syn))
+        x = torch.cat(parts)
+        self.E.train()
+        loss = self.losses(x, ws_true, n_syn)
+        self.opt.zero_grad(set_to_none=True)
+        loss["total"].backward()
+        self.opt.step()
+        self.step += 1
+        return {k: float(v.detach()) for k, v in loss.items()}
+
+    def state(self):
+        return dict(E=self.E.state_dict(), opt=self.opt.state_dict(), step=self.step, rng=self.rng.get_state(),
+                    torch_rng=torch.get_rng_state(), encoder_config=self.enc_config,
+                    latent_avg=self.inv.latent_avg.cpu(),
+                    config=json.loads(json.dumps(dataclasses.asdict(self.cfg), default=list)))
+
+    def save_checkpoint(self) -> Path:
+        path = self.out / "checkpoint.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)
+        return path
+
+    def _resume(self):
+        path = self.out / "checkpoint.pt"
+        if not path.is_file():
+            return
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        self.E.load_state_dict(st["E"])
+        self.opt.load_state_dict(st["opt"])
+        self.step = st["step"]
+        self.rng.set_state(st["rng"])
+        torch.set_rng_state(st["torch_rng"])
+        log.info("resumed encoder from %s at step %d", path, self.step)
+
+    @torch.no_grad()
+    def sample_grid(self, path):
+        from .grid import save_grid
+        self.E.eval()
+        y = self.G.synthesis(self.inv.encode(self.fixed_real), noise_mode="const")
+        save_grid(torch.cat([self.fixed_real, y.float()]).cpu(), path, nrow=8, scale=2)
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        t0 = t_ckpt = time.time()
+        stats = {}
+        logf = open(self.out / "log.jsonl", "a")
+        while self.step < cfg.total_steps:
+            if cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60:
+                break
+            stats = self.train_step()
+            if self.step % 25 == 0:
+                rec = dict(step=self.step, **{k: round(v, 5) for k, v in stats.items()})
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                log.info(" ".join(f"{k}={v}" for k, v in rec.items()))
+            if self.step % cfg.sample_steps == 0:
+                self.sample_grid(self.out / f"recon_{self.step:06d}.png")
+            if time.time() - t_ckpt > cfg.checkpoint_minutes * 60:
+                self.save_checkpoint()
+                t_ckpt = time.time()
+        self.save_checkpoint()
+        self.sample_grid(self.out / "recon_latest.png")
+        logf.close()
+        return stats
+
+
+def export_encoder(checkpoint: str | Path, out_path: str | Path, fp16: bool = True) -> Path:
+    """Write a training checkpoint's encoder + latent_avg as our safetensors + JSON."""
+    from ..models.io import save_model
+    st = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = dict(st["E"])
+    state["latent_avg"] = st["latent_avg"]
+    meta = dict(kind="e4e", steps=int(st["step"]), generator=st["config"]["generator"],
+                data="LFW train people (FFHQ-aligned) + generator samples")
+    save_model(state, out_path, dict(arch="e4e", encoder=st["encoder_config"]), meta, fp16=fp16)
+    return Path(out_path)

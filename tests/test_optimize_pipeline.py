@@ -1,0 +1,102 @@
+"""Single-image augmentation, the Protector on real sample photos (tiny random models), determinism, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from faceanonymixer.keys import Key
+from faceanonymixer.mixing import mix
+from faceanonymixer.models.e4e import E4EInverter, Encoder4Editing
+from faceanonymixer.models.stylegan2 import Generator
+from faceanonymixer.optimize import augment, single_image_group
+from faceanonymixer.pipeline import ProtectConfig, Protector, save_person, to_uint8
+from faceanonymixer.registry import data_dir
+
+SAMPLES = data_dir() / "samples"
+SECRET = bytes(range(100, 132))
+
+
+@pytest.fixture(scope="module")
+def protector():
+    torch.manual_seed(0)
+    G = Generator(resolution=32, z_dim=32, w_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 8, 32: 8}).eval()
+    G.compute_latent_avg(500)
+    enc = Encoder4Editing(n_styles=G.num_ws, input_size=32, units=(1, 1, 1, 1), channels=(8, 8, 16, 16),
+                          style_dim=32, style_hidden=16, stem_channels=8).eval()
+    cfg = ProtectConfig()
+    cfg.optim.steps = 1
+    cfg.optim.augment_copies = 2
+    return Protector(cfg, generator=G, inverter=E4EInverter(enc, G.latent_avg))
+
+
+def test_augment_is_seeded_and_mild():
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    a, b, c = augment(x, 5, 7), augment(x, 5, 7), augment(x, 5, 8)
+    assert a.shape == (5, 3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= -1 and a.max() <= 1
+    d = (a - x).abs().mean((1, 2, 3))
+    assert (d > 0.01).all() and (d < 0.8).all()                 # changed, but still the same picture
+    assert len({tuple(t.flatten()[:20].tolist()) for t in a}) == 5   # copies differ from each other
+    g = single_image_group(x, torch.zeros(1, 8, 4), torch.ones(1, 8, 4), 5, 7)
+    assert g.x_ref.shape[0] == 6 and g.n_out == 1 and torch.equal(g.x_ref[0], x[0])
+    assert torch.equal(g.w_real, torch.zeros(6, 8, 4))
+
+
+def test_protect_real_photos_deterministic_with_bad_items(protector, tmp_path):
+    Image.fromarray(np.zeros((80, 80, 3), np.uint8)).save(tmp_path / "blank.png")      # no face
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    grey = Image.open(SAMPLES / "obama2.jpg").convert("L")
+    grey.save(tmp_path / "grey.png")
+    key = Key(SECRET)
+    people = [[SAMPLES / "obama.jpg", tmp_path / "grey.png", tmp_path / "corrupt.jpg"],
+              [SAMPLES / "biden.jpg"], [tmp_path / "blank.png"]]
+    r1 = protector.protect_people(people, key, ["obama", "biden", "nobody"])
+    r2 = protector.protect_people(people, key, ["obama", "biden", "nobody"])
+    assert [r.name for r in r1.results] == ["obama", "biden"]
+    bad = " ".join(f"{i} {m}" for i, m in r1.failures)
+    assert "corrupt.jpg" in bad and "blank.png" in bad and "nobody" in bad
+    assert r1.results[0].images.shape == (2, 3, 32, 32) and r1.results[1].images.shape == (1, 3, 32, 32)
+    for a, b in zip(r1.results, r2.results):                  # bit-identical
+        assert np.array_equal(to_uint8(a.images), to_uint8(b.images))
+    other = protector.protect_people([people[0][:1]], Key(bytes(32)), ["obama"])
+    assert not np.array_equal(to_uint8(other.results[0].images[0]), to_uint8(r1.results[0].images[0]))
+    paths = save_person(r1.results[0], tmp_path / "out", protector)
+    assert [p.name for p in paths] == ["obama.png", "grey.png"]
+    assert np.array_equal(np.asarray(Image.open(paths[0])), to_uint8(r1.results[0].images[0]))
+    side = json.loads((tmp_path / "out" / "obama.json").read_text())
+    assert side["key_fingerprint"] == key.fingerprint and side["config_hash"] and side["models"]["generator"]["sha256"]
+    blob = b"".join(p.read_bytes() for p in (tmp_path / "out").iterdir())
+    assert SECRET not in blob and SECRET.hex().encode() not in blob
+    assert "latent" not in json.dumps(side).lower()
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+def test_steps_zero_is_the_naive_mix(protector):
+    torch.manual_seed(1)
+    G = protector.generator
+    ws = G.truncate(G.mapping(torch.randn(2, 32)), 0.7)[:, None].repeat(1, G.num_ws, 1)
+    faces = list(protector.synthesise(ws))
+    key = Key(SECRET)
+    res = protector.protect_people([faces], key, ["synthetic"], steps=0).results[0]
+    x = torch.stack([protector.load_face(f)[0][0] for f in faces])
+    w0, _ = mix(protector.encode(x), protector.key_code(key), protector.plan)
+    assert torch.equal(res.ws, w0)
+    assert torch.equal(res.images, protector.synthesise(w0))
+
+
+def test_batched_equals_serial(protector):
+    torch.manual_seed(2)
+    G = protector.generator
+    ws = G.truncate(G.mapping(torch.randn(4, 32)), 0.7)[:, None].repeat(1, G.num_ws, 1)
+    f = list(protector.synthesise(ws))
+    keys = [Key(SECRET), Key(bytes(32))]
+    both = protector.protect_people([f[:2], f[2:]], keys, ["a", "b"]).results
+    alone = [protector.protect_people([f[:2]], keys[:1], ["a"]).results[0],
+             protector.protect_people([f[2:]], keys[1:], ["b"]).results[0]]
+    for x, y in zip(both, alone):
+        assert torch.allclose(x.ws, y.ws, atol=1e-4)

@@ -1,0 +1,120 @@
+"""The keygen / protect / enrol / verify / revoke CLI on the real sample photos.
+
+The mechanics run with tiny random models injected into the real CLI code path (``args.protector``); the
+biometric claim (same key matches, revoked key does not) needs the embedded weights and skips without them."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from faceanonymixer import cli
+from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.gallery import Gallery
+from faceanonymixer.models.e4e import E4EInverter, Encoder4Editing
+from faceanonymixer.models.stylegan2 import Generator
+from faceanonymixer.pipeline import ProtectConfig, Protector
+from faceanonymixer.registry import data_dir
+
+SAMPLES = data_dir() / "samples"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    G = Generator(resolution=32, z_dim=32, w_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 8, 32: 8}).eval()
+    G.compute_latent_avg(500)
+    enc = Encoder4Editing(n_styles=G.num_ws, input_size=32, units=(1, 1, 1, 1), channels=(8, 8, 16, 16),
+                          style_dim=32, style_hidden=16, stem_channels=8).eval()
+    cfg = ProtectConfig()
+    cfg.optim.steps = 1
+    cfg.optim.augment_copies = 1
+    return Protector(cfg, generator=G, inverter=E4EInverter(enc, G.latent_avg))
+
+
+def run(argv, protector=None):
+    args = cli.build_parser().parse_args(argv)
+    args.protector = protector
+    try:
+        return args._run(args)
+    except FaceAnonyMixerError as e:
+        print(f"error: {e}")
+        return 2
+
+
+def test_protect_cli_continues_past_bad_items(tiny, tmp_path, capsys):
+    src = tmp_path / "in" / "obama"
+    src.mkdir(parents=True)
+    shutil.copy(SAMPLES / "obama.jpg", src / "a.jpg")
+    (src / "b.jpg").write_bytes(b"not a jpeg")
+    (src / "c.png").write_bytes(b"")
+    key = tmp_path / "k.key"
+    assert run(["keygen", "--out", str(key)]) == 0
+    secret = key.read_text().split()[-1]
+    assert run(["protect", str(src), str(tmp_path / "missing"), "--key", str(key), "--out", str(tmp_path / "out")],
+               tiny) == 1
+    out = capsys.readouterr()
+    assert "3 item(s) failed" in out.err and "b.jpg" in out.err and "c.png" in out.err and "missing" in out.err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.json", "a.png"]
+    assert secret not in out.out + out.err + (tmp_path / "out" / "a.json").read_text()
+    # wrong key file: clean error naming it
+    (tmp_path / "bad.key").write_text("nonsense")
+    assert run(["protect", str(src), "--key", str(tmp_path / "bad.key"), "--out", str(tmp_path / "o2")], tiny) == 2
+    assert "bad.key" in capsys.readouterr().out
+
+
+def test_enrol_verify_revoke_mechanics(tiny, tmp_path, capsys):
+    db, k1, k2 = str(tmp_path / "g.db"), str(tmp_path / "k1.key"), str(tmp_path / "k2.key")
+    run(["keygen", "--out", k1])
+    assert run(["enrol", "obama", str(SAMPLES / "obama.jpg"), str(SAMPLES / "obama2.jpg"), "--key", k1,
+                "--gallery", db], tiny) == 0
+    with Gallery(db) as g:
+        tpl = g.templates("obama")
+        assert len(tpl) == 2 and all(np.isclose(np.linalg.norm(e), 1, atol=1e-4) for _, _, e in tpl)
+        assert all(png.startswith(b"\x89PNG") for png in g.images("obama"))
+    capsys.readouterr()
+    rc = run(["verify", "obama", str(SAMPLES / "obama3.jpg"), "--key", k1, "--gallery", db, "--threshold", "-1"], tiny)
+    v = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and v["match"] and -1 <= v["score"] <= 1
+    # a second key for an enrolled person is refused until revocation
+    run(["keygen", "--out", k2])
+    assert run(["enrol", "obama", str(SAMPLES / "obama.jpg"), "--key", k2, "--gallery", db], tiny) == 2
+    assert run(["revoke", "obama", "--gallery", db], tiny) == 0
+    capsys.readouterr()
+    assert run(["verify", "obama", str(SAMPLES / "obama3.jpg"), "--key", k1, "--gallery", db, "--threshold", "-1"],
+               tiny) == 1
+    assert json.loads(capsys.readouterr().out.strip())["match"] is False
+    with Gallery(db) as g:
+        assert g.templates("obama") == [] and g.is_revoked("obama", json.loads(json.dumps(v))["key_fingerprint"])
+    assert run(["revoke", "obama", str(SAMPLES / "obama.jpg"), "--gallery", db, "--new-key", k2], tiny) == 0
+    with Gallery(db) as g:
+        assert len(g.templates("obama")) == 1 and g.templates("obama")[0][0] != v["key_fingerprint"]
+
+
+def _embedded_models_present() -> bool:
+    try:
+        from faceanonymixer.models import encoders  # noqa: F401
+        from faceanonymixer.registry import locate
+        locate("fam-stylegan2-64")
+        locate("fam-e4e-64")
+        return True
+    except (ImportError, FaceAnonyMixerError):
+        return False
+
+
+@pytest.mark.skipif(not _embedded_models_present(), reason="embedded fam-stylegan2-64 / fam-e4e-64 weights not present")
+def test_enrol_verify_revoke_biometric_with_embedded_models(tmp_path, capsys):
+    db, k1, k2 = str(tmp_path / "g.db"), str(tmp_path / "k1.key"), str(tmp_path / "k2.key")
+    s = ["--set", "protect.optim.steps=15"]
+    run(["keygen", "--out", k1])
+    assert run(["enrol", "obama", str(SAMPLES / "obama.jpg"), str(SAMPLES / "obama2.jpg"), "--key", k1,
+                "--gallery", db] + s) == 0
+    capsys.readouterr()
+    assert run(["verify", "obama", str(SAMPLES / "obama3.jpg"), "--key", k1, "--gallery", db] + s) == 0
+    assert run(["revoke", "obama", str(SAMPLES / "obama.jpg"), str(SAMPLES / "obama2.jpg"), "--gallery", db,
+                "--new-key", k2] + s) == 0
+    capsys.readouterr()
+    assert run(["verify", "obama", str(SAMPLES / "obama3.jpg"), "--key", k1, "--gallery", db] + s) == 1
