@@ -4,7 +4,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -91,28 +90,36 @@ def _tiny_models():
     with torch.no_grad():
         g.latent_avg.copy_(g.mapping(torch.randn(256, 64)).mean(0))
     enc = Encoder4Editing(n_styles=10, input_size=64, units=(1, 1, 1, 1), channels=(8, 16, 16, 16), style_dim=64)
-    return {"generator": g, "inverter": E4EInverter(enc, g.latent_avg)}
+    return {"generator": g.eval().requires_grad_(False), "inverter": E4EInverter(enc, g.latent_avg).eval().requires_grad_(False)}
 
 
 def test_evaluate_method_paths_and_cache(tiny_data, tmp_path):
-    """Keyed variants, both attacks, and the protected-image cache (re-run resumes; a config change invalidates)."""
+    """Keyed variants, both attacks, and the protected-image cache: a re-run with another blur strength recomputes
+    'blur' only and resumes 'method' and 'naive' from the cache."""
     out = tmp_path / "r"
-    over = [f"data={tiny_data}", f"out={out}", "variants=[method,naive,blur]", "recognisers=[faceplugin-fr,sface]",
+    over = [f"data={tiny_data}", f"out={out}", "variants=[method,naive,blur]", "recognisers=[sface]",
             "protect.optim.steps=2", "attacks.steps=2", "threads=2", "n_impostor=1000", "grid_people=2"]
     models = _tiny_models()
     m = ev.evaluate(ev.load_config(CONFIG, over), models=models)
-    _check_report(out, ["faceplugin-fr", "sface"], attacks=("avg", "optimise"))
-    assert m["mixing"]["method"]["key_layers"] == [1, 2, 3]
+    _check_report(out, ["sface"], attacks=("avg", "optimise"))
+    assert m["mixing"]["method"]["key_layers"] == [1, 2, 3] and m["loss_network"] == "sface"
+    assert set(m["variants"]) == {"original", "method", "naive", "blur"}
     caches = sorted(p.name for p in (out / "cache").iterdir() if p.is_dir())
     assert len(caches) == 3
     stamp = {p: p.stat().st_mtime_ns for p in (out / "cache").rglob("*.npz") if "prep_" not in p.name}
-    ev.evaluate(ev.load_config(CONFIG, over), models=models)              # resume: nothing re-protected
-    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())
-    over2 = [o if not o.startswith("protect.optim.steps") else "protect.optim.steps=3" for o in over]
-    ev.evaluate(ev.load_config(CONFIG, over2), models=models)             # changed method: new cache for 'method' only
+    m2 = ev.evaluate(ev.load_config(CONFIG, over + ["blur_sigma=2.0"]), models=models)
     caches2 = sorted(p.name for p in (out / "cache").iterdir() if p.is_dir())
-    assert len(caches2) == 4 and len(set(caches2) - set(caches)) == 1
-    assert [c for c in caches2 if c not in caches][0].startswith("method_")
+    new = set(caches2) - set(caches)
+    assert len(new) == 1 and next(iter(new)).startswith("blur_")
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())      # nothing rewritten: method/naive resumed
+    assert m2["timings_s"]["protect"] < m["timings_s"]["protect"]
+    # same protected images -> same scores for the resumed variants
+    a, b = m["variants"]["method"]["sface"], m2["variants"]["method"]["sface"]
+    assert a["psr"] == b["psr"] and a["unlinkability"]["dsys"] == b["unlinkability"]["dsys"]
+    # the method-level cache key also covers the method's settings
+    base = ev.load_config(CONFIG, over)
+    assert ev.variant_hash(base, "method", 64) != ev.variant_hash(ev.load_config(CONFIG, over + ["protect.optim.steps=3"]), "method", 64)
+    assert ev.variant_hash(base, "naive", 64) == ev.variant_hash(ev.load_config(CONFIG, over + ["protect.optim.steps=3"]), "naive", 64)
 
 
 def test_evaluate_with_embedded_models(tiny_data, tmp_path):
@@ -130,3 +137,32 @@ def test_evaluate_with_embedded_models(tiny_data, tmp_path):
     assert rc == 0
     _check_report(out, ["dlib-resnet", "sface"], attacks=("avg", "optimise"))
     assert time.time() - t0 < 120
+
+
+def test_attacks_known_answers():
+    """avg attack = synthesis of the re-inverted code with the key layers set to latent_avg; the optimisation
+    attack starts there (0 steps = the avg attack) and moves only those layers."""
+    from faceanonymixer import fr
+    from faceanonymixer.eval import attacks
+    from faceanonymixer.mixing import MixingConfig, make_plan
+    m = _tiny_models()
+    g, inv = m["generator"], m["inverter"]
+    plan = make_plan(g.num_ws, MixingConfig("code"), 64)
+    layers = attacks.protected_layers(plan)
+    assert layers == sorted(set(plan.key_layers) | set(plan.optimised_layers)) == [0, 1, 2, 3]
+    torch.manual_seed(1)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        ws = inv.encode(x)
+        ws[:, layers] = g.latent_avg
+        want = g.synthesis(ws, noise_mode="const").clamp(-1, 1)
+    got = attacks.run_attack("avg", x, g, inv, layers, cfg=attacks.AttackConfig(batch_size=1))
+    assert torch.allclose(got, want, atol=1e-5)
+    sface = fr.get_recogniser("sface")
+    w_key = torch.randn(2, g.num_ws, g.w_dim) * 0.1 + g.latent_avg
+    cfg0 = attacks.AttackConfig(steps=0)
+    assert torch.allclose(attacks.run_attack("optimise", x, g, inv, layers, w_key, sface, cfg0), want, atol=1e-5)
+    moved = attacks.run_attack("optimise", x, g, inv, layers, w_key, sface, attacks.AttackConfig(steps=3, lr=0.1))
+    assert moved.shape == want.shape and not torch.allclose(moved, want, atol=1e-3)
+    with pytest.raises(ValueError):
+        attacks.run_attack("optimise", x, g, inv, layers)          # needs the key code and a recogniser

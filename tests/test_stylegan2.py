@@ -202,6 +202,18 @@ def test_e4e_decoder_and_registry_name(fixtures_dir, tmp_path, monkeypatch):
         load_generator(tmp_path / "does_not_exist.pt")
 
 
+def test_rosinality_training_checkpoint_with_args(tmp_path):
+    """rosinality train.py checkpoints hold an argparse.Namespace: readable weights-only, g_ema is used."""
+    import argparse
+    d = load_fixture("nvlabs_g64_narrow.pt")
+    ros, la = conv.nvlabs_to_rosinality(d["state_dict"])
+    p = tmp_path / "train_ckpt.pt"
+    torch.save({"g": ros, "d": {}, "g_ema": ros, "latent_avg": la, "args": argparse.Namespace(size=64)}, p)
+    G = load_generator(p)
+    with torch.no_grad():
+        assert maxdiff(G.synthesis(d["ws_psi1"][:1]), d["img_const"][:1]) <= IMG_ATOL
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Converter
 
@@ -426,9 +438,10 @@ def test_autocast_channels_last(fused):
     assert torch.isfinite(G.style[1].weight.grad).all() and G.convs[0].conv.weight.grad.abs().sum() > 0
 
 
-def test_generator_gradcheck():
+@pytest.mark.parametrize("fused", [True, False])
+def test_generator_gradcheck(fused):
     torch.manual_seed(0)
-    G = Generator(resolution=8, z_dim=4, w_dim=4, n_mlp=1, channels={4: 2, 8: 2}).double()
+    G = Generator(resolution=8, z_dim=4, w_dim=4, n_mlp=1, channels={4: 2, 8: 2}, fused_modconv=fused).double()
     ws = torch.randn(2, G.num_ws, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: G.synthesis(x, noise_mode="const"), (ws,), eps=1e-6, atol=1e-5,
                                     fast_mode=True)

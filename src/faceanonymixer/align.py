@@ -68,8 +68,9 @@ class FaceDetector:
     """YuNet through ``cv2.FaceDetectorYN``, for images of any size.
 
     Large images are downscaled so the long side is ``max_side`` for detection (coordinates are scaled back);
-    small ones are upscaled to ``min_side`` and padded (replicated border) so tight face crops still have the
-    context YuNet expects.
+    images under ``min_side`` are upscaled to it, and images under ``2 * min_side`` (tight face crops, 64-256 px
+    generator outputs, LFW's 250 px) get a replicated border of ``pad_small`` x their side, so a face that fills
+    the frame still has the context YuNet expects. Not thread-safe (one cv2 net): one detector per thread.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None,  # YuNet .onnx; default registry.locate('yunet')
@@ -77,7 +78,7 @@ class FaceDetector:
                  nms_threshold: float = 0.3,     # box NMS IoU
                  max_side: int = 1280,           # detection resolution cap (long side)
                  min_side: int = 160,            # images smaller than this are upscaled to it
-                 pad_small: float = 0.25):       # border added around small images, fraction of their long side
+                 pad_small: float = 0.25):       # border around images under 2*min_side, fraction of long side
         if model_path is None:
             from .registry import locate
             model_path = locate("yunet")
@@ -509,7 +510,8 @@ class Aligner:
         return AlignedBatch(crops=arr, index=index, faces=faces, errors=errors)
 
 
-__all__ = ["ARCFACE_TEMPLATE", "Face", "FaceDetector", "get_detector", "detect", "FACE_SELECT", "select_face", "pick_face", "largest_face",
+__all__ = ["ARCFACE_TEMPLATE", "Face", "FaceDetector", "get_detector", "detect", "FACE_SELECT", "select_face",
+           "pick_face", "largest_face",
            "umeyama_similarity", "invert_affine", "transform_points", "arcface_matrix", "align_arcface",
            "ffhq_quad", "quad_to_square_matrix", "align_ffhq", "ffhq_landmarks", "ffhq_to_arcface_matrix",
            "warp_affine_torch", "AlignedBatch", "Aligner"]

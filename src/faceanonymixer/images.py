@@ -26,7 +26,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
 MIN_SIDE = 16                 # smaller than this cannot hold a recognisable face
 MAX_PIXELS = 40_000_000       # above this the photo is decoded reduced and downscaled to MAX_SIDE
 MAX_SIDE = 4096               # longest side after downscaling a huge photo
-BOMB_PIXELS = 250_000_000     # above this we refuse to decode at all (decompression-bomb guard)
+BOMB_PIXELS = 178_000_000     # above this we refuse to decode at all (decompression-bomb guard; = Pillow's hard limit)
 
 _WHITE = (255, 255, 255)
 
@@ -89,13 +89,12 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, max_side: 
         raise _err(path, "is a folder, not an image file", "Pass the image files, or use a command that takes folders.")
     try:
         with warnings.catch_warnings():
-            # Our own limits below replace Pillow's decompression-bomb warning/error.
+            # Our limits below replace Pillow's warning (its hard error, at 2x its limit, is turned into ours).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                im = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise _err(path, f"is over the safety limit for image size, a possible decompression bomb ({e})",
+                   f"Downscale it to at most {max_side} px on the long side first.") from None
     except PermissionError:
         raise _err(path, "permission denied", "Make the file readable.") from None
     except (OSError, ValueError, SyntaxError) as e:
@@ -145,7 +144,8 @@ def write_png_atomic(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     path = Path(path)
     a = np.asarray(rgb)
     if a.dtype != np.uint8:
-        raise ValueError(f"write_png_atomic: expected uint8, got {a.dtype} (convert with np.clip(x,0,255).astype(np.uint8))")
+        raise ValueError(f"write_png_atomic: expected uint8, got {a.dtype} "
+                         "(convert with np.clip(x, 0, 255).astype(np.uint8))")
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
         raise ValueError(f"write_png_atomic: expected HxW, HxWx3 or HxWx4, got shape {a.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ class EvalConfig:
     protect: ProtectConfig = field(default_factory=ProtectConfig)  # the method (same section as configs/default.yaml);
                                               # 'naive' = the same with 0 steps, 'method-code' = mixing.assignment 'code'
     attacks: AttackConfig = field(default_factory=AttackConfig)
-    attack_recogniser: str = "sface"          # white-box net the 'optimise' attack uses
+    attack_recogniser: str = "auto"           # white-box net of the 'optimise' attack; auto = the method's loss network
     fid_inception: str | None = None          # Inception-v3 FID weights (official file); None = registry lookup
     people_per_batch: int = 8                 # people protected together in one batched pass
     device: str = "cpu"
@@ -293,6 +293,12 @@ def variant_hash(cfg: EvalConfig, variant: str, resolution: int, model_digests: 
             "models_in_memory": model_digests or {}}
     if variant in KEYED or variant == "reconstruction":
         pc = cfgmod.to_dict(cfg.protect)
+        if variant == "naive":            # 0 steps whatever optim.steps says: the optimiser settings do not matter
+            pc["optim"] = {"steps": 0, "augment_copies": pc["optim"]["augment_copies"],
+                           "noise_mode": pc["optim"]["noise_mode"]}
+            pc["loss"] = {}
+        if variant == "method-code":
+            pc["mixing"]["assignment"] = "code"
         spec["protect"] = pc if variant in KEYED else {"models": pc["models"], "refine": pc["refine"]}
         spec["weights"] = _weights_stamp(cfg)
     if variant == "blur":
@@ -606,19 +612,24 @@ def add_arguments(p) -> None:
 
 
 def config_from_args(args) -> EvalConfig:
+    return load_config(args.config, overrides_from_args(args))
+
+
+def overrides_from_args(args) -> list[str]:
     overrides = []
     for name, key in (("data", "data"), ("pairs", "pairs"), ("out", "out"), ("max_people", "max_people"),
                       ("seed", "seed"), ("steps", "protect.optim.steps"), ("device", "device")):
         v = getattr(args, name, None)
         if v is not None:
             overrides.append(f"{key}={json.dumps(v) if isinstance(v, str) else v}")
-    overrides += list(args.set or [])
-    return load_config(args.config, overrides)
+    return overrides + list(args.set or [])
 
 
 def run(args) -> int:
     cfg = config_from_args(args)
-    command = "faceanonymixer evaluate " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else ""
+    # the exact, reproducible equivalent of this invocation (written into the report)
+    command = "faceanonymixer evaluate" + (f" --config {shlex.quote(args.config)}" if args.config else "") + "".join(
+        f" --set {shlex.quote(o)}" for o in overrides_from_args(args))
     evaluate(cfg, command=command)
     return 0
 
@@ -630,6 +641,13 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
     from tqdm import tqdm
     from .. import fr
     t0 = time.time()
+    timings: dict[str, float] = {}
+    mark = [t0]
+
+    def lap(name: str) -> None:
+        now = time.time()
+        timings[name] = timings.get(name, 0.0) + now - mark[0]
+        mark[0] = now
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -666,6 +684,7 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
     log.info("evaluate: %d people, %d images (%d dropped: no face), %d genuine / %d impostor / %d stolen-key pairs",
              len(ds.people), len(ds.items), len(dropped), len(pairs.genuine), len(pairs.impostor), len(pairs.stolen))
 
+    lap("prepare")
     # protect
     prot: dict[str, dict[str, torch.Tensor]] = {}
     digests = {}
@@ -676,6 +695,7 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
         vh = variant_hash(cfg, v, res, digests if (v in KEYED or v == "reconstruction") else None)
         prot[v] = protect_variant(v, cfg, ds, pairs, ffhq, method, ImageCache(cache_root / f"{v}_{vh}"))
 
+    lap("protect")
     # recognisers
     recs = {}
     for name in cfg.recognisers:
@@ -685,21 +705,35 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
             log.warning("recogniser %s unavailable, skipped: %s", name, e)
     if not recs:
         raise FaceAnonyMixerError("no recogniser could be loaded; run `faceanonymixer weights` to see what is missing")
-    white_box = [n for n, r in recs.items() if getattr(r, "white_box", False) or n == cfg.attack_recogniser]
+    # white-box = the network inside the method's losses (and the attacker's network); without the method, any
+    # recogniser that the method could use as its loss network
+    loss_net = getattr(method.protector().id_net, "name", None) if method is not None else None
+    attack_net = (loss_net or "sface") if cfg.attack_recogniser == "auto" else cfg.attack_recogniser
+    if loss_net is not None:
+        white_box = [n for n in recs if n in (loss_net, attack_net)]
+    else:
+        white_box = [n for n, r in recs.items() if getattr(r, "white_box", False)]
 
     scores = report.ScoreSet()
     emb: dict = {}
-    for name, rec in tqdm(recs.items(), desc="embed+score", file=sys.stderr):
+    bar = tqdm(total=len(recs) * (1 + len(cfg.variants)), desc="embed+score", unit="set", file=sys.stderr)
+    for name, rec in recs.items():
+        bar.set_postfix_str(f"{name} original")
         e_orig = embed_arc(rec, arc)
         score_original(scores, name, ds, pairs, e_orig)
         emb[(name, report.ORIGINAL)] = e_orig
+        bar.update()
         for v in cfg.variants:
+            bar.set_postfix_str(f"{name} {v}")
+            bar.update()
             e1 = embed_ffhq(rec, prot[v]["k1"])
             e2 = e1 if v in KEYLESS else embed_ffhq(rec, prot[v]["k2"])
             es = e1 if v in KEYLESS else embed_ffhq(rec, prot[v]["stolen"])
             emb[(name, v)] = e1
             score_variant(scores, v, name, ds, pairs, e_orig, e1, e2, es, prot[v]["stolen_row"])
+    bar.close()
 
+    lap("embed_score")
     # attacks on the main variant
     attack_names = list(cfg.attacks.names or ATTACKS) if cfg.main_variant in KEYED else []
     attack_imgs = {}
@@ -711,7 +745,7 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
         if a == "optimise":
             w_key = torch.cat([method.key_code(cfg.main_variant, eval_key(cfg.seed, ds.people[p], "k1"))
                                for p in ds.person_of.tolist()])
-            wb = fr.get_recogniser(cfg.attack_recogniser, device=cfg.device)
+            wb = fr.get_recogniser(attack_net, device=cfg.device)
         dev = method.generator.latent_avg.device
         x = prot[cfg.main_variant]["k1"].to(dev)
         imgs = []
@@ -728,6 +762,7 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
                        [f"attack:{a}:{cfg.main_variant}:k1:{it}" for it in ds.items],
                        _cos(emb[(name, report.ORIGINAL)], ea, range(n), range(n)))
 
+    lap("attacks")
     # quality (offline proxy: Fréchet distance in independent recognisers' embedding spaces) and attributes
     quality = fid_status(cfg)
     for name in recs:
@@ -747,6 +782,7 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
             continue
         attributes[v] = attribute_preservation(ffhq_u8, prot[v]["k1"])
 
+    lap("quality_attributes")
     counts = {"people": len(ds.people), "images": len(ds.items), "dropped_no_face": len(dropped),
               "genuine": int(len(pairs.genuine)), "impostor": int(len(pairs.impostor)),
               "mated": int(len(pairs.genuine)), "nonmated": int(len(pairs.impostor)),
@@ -757,6 +793,8 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
                                attack_names, extra={"quality": quality, "attributes": attributes},
                                config_hash=chash, seed=cfg.seed, counts=counts)
     metrics["data"] = {"root": str(cfg.data), "pairs": cfg.pairs, "dropped": dropped}
+    metrics["loss_network"], metrics["attack_network"] = loss_net, attack_net if attack_names else None
+    metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     if method is not None:
         metrics["mixing"] = {v: method.plan(v).describe() for v in cfg.variants if v in KEYED}
     metrics["seconds"] = round(time.time() - t0, 1)
@@ -778,5 +816,6 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
     report.write_report(out, metrics, scores, grid_rows,
                         ["original a", "original b", f"{cfg.main_variant} k1 (a)", f"{cfg.main_variant} k1 (b)",
                          f"{cfg.main_variant} k2 (a)"], config=cfgmod.to_dict(cfg), notes=notes, command=command)
-    log.info("evaluate: wrote %s (%.0f s)", out, time.time() - t0)
+    log.info("evaluate: wrote %s (%.0f s; %s)", out, time.time() - t0,
+             ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return metrics

@@ -1,7 +1,8 @@
 """``faceanonymixer fr-eval``: face-verification accuracy of one recogniser on a pairs protocol.
 
-Every image is read, detected (YuNet; with several faces the central one, or the largest with --face largest) and aligned once (ArcFace 112 crop; dlib-resnet uses its own
-chip from the detected box via ``embed_image``), embedded, and each pair is scored by cosine similarity. A pair
+Every image is read, detected (YuNet; with several faces the central one, or the largest with ``--face largest``)
+and aligned once (ArcFace 112 crop; dlib-resnet uses its own chip from the detected box via ``embed_image``),
+embedded, and each pair is scored by cosine similarity. A pair
 with an image that failed (unreadable, no face) is not dropped: it counts as an error in the 10-fold accuracy
 and is listed. The last line printed is one JSON object with every number.
 """
@@ -22,7 +23,8 @@ from .protocols import Pair, PairsFileError, limit_pairs, read_pairs, sample_pai
 
 log = logging.getLogger(__name__)
 
-HELP = "face-verification accuracy of a recogniser (10-fold accuracy, EER, TAR@FAR, AUC) on LFW pairs.txt, a CSV, or sampled pairs"
+HELP = ("face-verification accuracy of a recogniser (10-fold accuracy, EER, TAR@FAR, AUC) on LFW pairs.txt, "
+        "a CSV, or sampled pairs")
 
 
 def add_arguments(p):
@@ -204,8 +206,9 @@ def run(args) -> int:
     rep = dict(command="fr-eval", pairs=source, root=str(args.root) if args.root else None,
                seed=args.seed if source.startswith("sample:") else None, **rep)
 
+    which = "central" if args.face == "center" else "largest"
     print(f"images: {rep['n_images']} ({rep['n_failed_images']} failed, {rep['multi_face_images']} with several "
-          f"faces: took the largest)")
+          f"faces: took the {which} one)")
     for f in rep["failed_images"][:50]:
         print(f"  failed: {f['error']}")
     if rep["n_failed_images"] > 50:

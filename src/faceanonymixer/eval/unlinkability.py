@@ -88,7 +88,7 @@ def plot(result: Unlinkability, path, title: str = "") -> None:
     ax.set_xlabel("linkage score (cosine similarity)")
     ax.set_ylabel("probability density")
     ax2 = ax.twinx()
-    ax2.plot(c, result.d_local, color="k", lw=1.5, label="D<->(s)")
+    ax2.plot(c, result.d_local, color="k", lw=1.5, drawstyle="steps-mid", label="D<->(s)")
     ax2.set_ylim(-0.02, 1.05)
     ax2.set_ylabel("D<->(s)")
     h1, l1 = ax.get_legend_handles_labels()

@@ -13,6 +13,7 @@ Every ``.pt`` is read with ``torch.load(weights_only=True)``; checkpoints never 
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import struct
@@ -154,7 +155,9 @@ def load_generator(path_or_name: str | os.PathLike, device: str | torch.device =
         raise CheckpointFormatError(f"{path}: not a checkpoint (unrecognised file header); expected {EXPECTED}")
 
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
+        # rosinality training checkpoints carry an argparse.Namespace ('args'): inert, so allow just that class
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - truncated zip, foreign classes (argparse.Namespace) ...
         hint = ("the file is truncated or corrupt - re-download it" if "zip" in str(e).lower()
                 or "EOF" in str(e) or "central directory" in str(e) else

@@ -168,7 +168,7 @@ class ModulatedConv2d(nn.Module):
         assert c == self.in_channel, f"expected {self.in_channel} input channels, got {c}"
         s = self.modulation(w)                                      # [N, in]
         fused = self.fused_modconv
-        if fused is None:  # auto: grouped conv only for CUDA inference (it is 1.5-3x slower on CPU, see module doc)
+        if fused is None:  # auto: grouped conv only for CUDA inference (1.2-3x slower on CPU, see module doc)
             fused = x.device.type == "cuda" and not (self.training and torch.is_grad_enabled())
         if fused:
             return self._forward_fused(x, s)
@@ -200,7 +200,9 @@ class ModulatedConv2d(nn.Module):
             out = F.conv2d(x, weight.to(x.dtype), padding=self.padding)
         if self.demodulate:
             # sum_{i,kh,kw} (W s_i)^2 = (s^2) @ sum_{kh,kw} W^2  -> [N, out]
-            d = torch.rsqrt(s.float().square() @ weight.float().square().sum([2, 3]).t() + 1e-8)
+            s32 = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s  # demod stats in >= fp32
+            with torch.autocast(device_type=out.device.type, enabled=False):
+                d = torch.rsqrt(s32.square() @ weight.to(s32.dtype).square().sum([2, 3]).t() + 1e-8)
             out = out * d.reshape(n, -1, 1, 1).to(out.dtype)
         return out
 

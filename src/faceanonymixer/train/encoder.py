@@ -46,7 +46,7 @@ class EncoderTrainConfig:
     sample_steps: int = 500                          # reconstruction grid every this many steps
     seed: int = 0
     device: str = "auto"
-    amp: bool = True                                 # bf16 autocast for encoder and generator
+    amp: bool = True                                 # bf16 autocast on CUDA (fp32 on CPU, where bf16 is slower)
     threads: int | None = None
     max_images: int | None = None                    # cap on real images (tests)
 
@@ -114,7 +114,7 @@ class EncoderTrainer:
 
     def losses(self, x: torch.Tensor, ws_true: torch.Tensor | None, n_syn: int) -> dict:
         cfg = self.cfg
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp and self.device.type == "cuda"):
             deltas = self.E(F.interpolate(x, size=self.E.input_size, mode="bilinear", align_corners=False)
                             if x.shape[-1] != self.E.input_size else x)
             ws = deltas.float() + self.inv.latent_avg.unsqueeze(0)

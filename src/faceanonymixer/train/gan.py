@@ -1,7 +1,8 @@
 """StyleGAN2 trainer for our embedded generator (``faceanonymixer train generator``).
 
 Non-saturating logistic loss, lazy R1 on reals, style-mixing regularisation, EMA of G, x-flip plus
-DiffAugment (few thousand images), bf16 autocast + channels_last (2.4x on CPU, TF32/bf16 on CUDA).
+DiffAugment (few thousand images), channels_last, bf16 autocast + TF32 on CUDA (fp32 on CPU, where our
+bf16 path measured 3.7x slower: /tmp-free benchmark in benchmarks/bench_models.py).
 Checkpoints are written atomically and often, and a resumed run continues *exactly* (all RNG states and
 the optimiser states are saved), so training can go on across sessions and machines."""
 from __future__ import annotations
@@ -52,7 +53,7 @@ class GeneratorTrainConfig:
     sample_kimg: float = 20.0                       # write a sample grid every this many kimg
     seed: int = 0                                   # seeds every random choice of the run
     device: str = "auto"                            # 'auto' | 'cpu' | 'cuda'
-    amp: bool = True                                # bf16 autocast
+    amp: bool = True                                # bf16 autocast on CUDA (on CPU it measured 3.7x slower with our ops: fp32 there)
     channels_last: bool = True                      # NHWC memory format
     threads: int | None = None                      # torch CPU threads (None = torch default)
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
@@ -141,7 +142,7 @@ class GeneratorTrainer:
         return diff_augment(x, self.cfg.augment, self.rng) if self.cfg.augment else x
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp and self.device.type == "cuda")
 
     def train_step(self) -> dict:
         cfg, G, D = self.cfg, self.G, self.D
@@ -157,9 +158,9 @@ class GeneratorTrainer:
         self.opt_D.zero_grad(set_to_none=True)
         loss_D.float().backward()
         self.opt_D.step()
-        stats["loss_D"] = float(loss_D)
-        stats["D_real"] = float(d_real.float().mean())
-        stats["D_fake"] = float(d_fake.float().mean())
+        stats["loss_D"] = float(loss_D.detach())
+        stats["D_real"] = float(d_real.detach().float().mean())
+        stats["D_fake"] = float(d_fake.detach().float().mean())
         # Lazy R1 on (augmented) reals, in float32: the gradient penalty is precision-sensitive.
         if self.step % cfg.r1_every == 0 and cfg.r1_gamma > 0:
             real = self._real_batch().detach().requires_grad_(True)
@@ -169,7 +170,7 @@ class GeneratorTrainer:
             self.opt_D.zero_grad(set_to_none=True)
             (r1 * (cfg.r1_gamma / 2) * cfg.r1_every + out.mean() * 0).backward()
             self.opt_D.step()
-            stats["r1"] = float(r1)
+            stats["r1"] = float(r1.detach())
         # G: non-saturating loss with style mixing.
         with self._autocast():
             fake = G.synthesis(self._ws(G), noise_mode="random")
@@ -177,7 +178,7 @@ class GeneratorTrainer:
         self.opt_G.zero_grad(set_to_none=True)
         loss_G.float().backward()
         self.opt_G.step()
-        stats["loss_G"] = float(loss_G)
+        stats["loss_G"] = float(loss_G.detach())
         self._update_ema()
         self.step += 1
         self.images_seen += cfg.batch
