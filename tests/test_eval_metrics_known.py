@@ -64,6 +64,7 @@ def test_psr_thresholds_on_clean_impostors():
     r = m["revocability"]
     assert r["far"] <= 0.01 and abs(r["match_rate"] - 0.01) < 0.01 and r["same_key_match_rate"] > 0.3
     assert r["match_rate_ci95"][0] <= 0.01 <= r["match_rate_ci95"][1] + 0.005
+    assert r["indistinguishable_from_far"] is True
     assert abs(m["stolen_key"]["far"] - 0.01) < 0.01 and m["stolen_key"]["n"] == 4000
     assert m["unlinkability"]["dsys"] < 0.05              # mated == non-mated distribution
     assert m["unlinkability"]["original_baseline_dsys"] > 0.5
@@ -80,6 +81,7 @@ def test_dsys_extremes_through_summarise():
     m = report.summarise_variant(s, "linkable", "r", 1e-2)
     assert m["unlinkability"]["dsys"] > 0.95 and m["unlinkability"]["original_baseline_dsys"] > 0.95
     assert m["revocability"]["match_rate"] == 1.0      # not revocable: the old template still matches
+    assert m["revocability"]["indistinguishable_from_far"] is False
 
 
 def _tree(tmp_path, n_people=6, n_img=4):

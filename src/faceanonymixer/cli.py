@@ -22,6 +22,7 @@ COMMANDS = [
     ("verify", "faceanonymixer.workflow"),
     ("revoke", "faceanonymixer.workflow"),
     ("evaluate", "faceanonymixer.eval.evaluate"),
+    ("model-report", "faceanonymixer.eval.models_report"),
 ]
 
 EXAMPLES = """examples:
@@ -35,6 +36,7 @@ EXAMPLES = """examples:
   faceanonymixer verify alice probe.jpg --key alice.key --gallery gallery.db
   faceanonymixer revoke alice --new-key alice2.key --gallery gallery.db
   faceanonymixer evaluate --config configs/eval.yaml --max-people 100 --out report/
+  faceanonymixer model-report --out runs/model_report   # quality of the embedded generator/encoder
 """
 
 

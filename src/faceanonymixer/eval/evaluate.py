@@ -45,6 +45,8 @@ class EvalConfig:
     cache_dir: str | None = None              # protected-image cache (default <out>/cache)
     max_people: int = 100                     # people drawn (seeded) from those with >= min_images images
     min_images: int = 2
+    split: str | None = "val"                 # 'val' = only people held out from training our embedded models
+                                              # (train.data.person_split); 'train' or null (all people) also allowed
     images_per_person: int = 3                # images used per person (seeded choice)
     seed: int = 0                             # pair sampling, people/image choice and evaluation keys
     n_impostor: int = 10000                   # impostor / non-mated pairs (all cross-person pairs if fewer)
@@ -94,7 +96,7 @@ def _rng(seed: int, *labels) -> np.random.Generator:
 
 
 def select_dataset(root, max_people: int, min_images: int, images_per_person: int, seed: int,
-                   only: dict[str, list[str]] | None = None) -> Dataset:
+                   only: dict[str, list[str]] | None = None, split: str | None = None) -> Dataset:
     """People with >= min_images images, max_people of them drawn with the seed; images_per_person drawn per person.
     ``only``: {person: [files]} restricts the choice (pairs.txt mode). Independent of directory listing order."""
     from ..images import list_images
@@ -102,8 +104,13 @@ def select_dataset(root, max_people: int, min_images: int, images_per_person: in
     if not root.is_dir():
         raise FaceAnonyMixerError(f"data folder {root} does not exist: give identity folders <root>/<person>/<images> "
                                   "with --data DIR")
+    from ..train.data import person_split
+    if split not in (None, "train", "val"):
+        raise FaceAnonyMixerError(f"split must be 'train', 'val' or null, got {split!r}")
     folders = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if split is not None and person_split(d.name) != split:
+            continue
         files = [f.name for f in list_images(d, allow_empty=True)]
         if only is not None:
             if d.name not in only:
@@ -665,7 +672,8 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
         ds = select_dataset(cfg.data, 0, 1, 0, cfg.seed, only=only)
         explicit = plist
     else:
-        ds = select_dataset(cfg.data, cfg.max_people, cfg.min_images, cfg.images_per_person, cfg.seed)
+        ds = select_dataset(cfg.data, cfg.max_people, cfg.min_images, cfg.images_per_person, cfg.seed,
+                            split=cfg.split)
     arc, ffhq_u8, ok, dropped = prepare(ds, res, cache_root)
     ds, idx = drop_items(ds, ok, 1 if cfg.pairs else cfg.min_images)
     arc, ffhq_u8 = arc[idx], ffhq_u8[idx]

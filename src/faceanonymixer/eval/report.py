@@ -199,7 +199,10 @@ def summarise_variant(scores: ScoreSet, variant: str, rec: str, operating_fmr: f
                                "match_rate_ci95": r_m["ci95"], "far_ci95": r_i["ci95"],
                                "operating_fmr": fmt_rate(operating_fmr), "threshold": op_thr,
                                "n_mated": r_m["n"], "n_impostor": r_i["n"],
-                               "original_baseline_match_rate": match_rate(og, fmr_threshold(oi, operating_fmr)) if oi.size else None}
+                               "original_baseline_match_rate": match_rate(og, fmr_threshold(oi, operating_fmr)) if oi.size else None,
+                               # revocable when the k1-vs-k2 match rate cannot be told from the FAR (95% intervals overlap)
+                               "indistinguishable_from_far": bool(r_m["n"] and r_i["n"] and r_m["ci95"][0] <= r_i["ci95"][1]
+                                                                  and r_i["ci95"][0] <= r_m["ci95"][1])}
         stolen = scores.get(variant, "stolen_key", rec)
         r_s = _rate(stolen, op_thr)
         out["stolen_key"] = {"far": r_s["rate"], "far_ci95": r_s["ci95"], "impostor_far": r_i["rate"],
