@@ -41,7 +41,8 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faceanonymixer", description=__doc__.split("\n")[0] if __doc__ else None,
+    parser = argparse.ArgumentParser(prog="faceanonymixer",
+                                     description="Cancelable faces: key-controlled StyleGAN2 latent mixing (FaceAnonyMixer).",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -148,21 +147,8 @@ def write_png_atomic(path: str | os.PathLike, rgb: np.ndarray) -> Path:
                          "(convert with np.clip(x, 0, 255).astype(np.uint8))")
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
         raise ValueError(f"write_png_atomic: expected HxW, HxWx3 or HxWx4, got shape {a.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(a)).save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    from .fileio import atomic_write
+    return atomic_write(path, lambda f: Image.fromarray(np.ascontiguousarray(a)).save(f, format="PNG"))
 
 
 def _is_image_name(p: Path) -> bool:

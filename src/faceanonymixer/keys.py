@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import os
 import secrets as _secrets
-import tempfile
 from pathlib import Path
 
 import torch
@@ -118,22 +117,8 @@ def write_key_file(path: str | os.PathLike, key: Key | None = None, overwrite: b
     key = key or Key.generate()
     if path.exists() and not overwrite:
         raise KeyFileError(f"{path} already exists; refusing to overwrite a key (delete it first or choose another name)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{HEADER}\n{key._secret.hex()}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        os.chmod(path, 0o600)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .fileio import atomic_write
+    atomic_write(path, lambda f: f.write(f"{HEADER}\n{key._secret.hex()}\n"), binary=False, mode=0o600)
     return key
 
 

@@ -26,7 +26,7 @@ An explicit ``MixingConfig.identity_layers`` overrides the rule.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

@@ -154,22 +154,14 @@ class Protector:
         self.device = torch.device(device or self.config.models.device)
         self.model_info: dict[str, dict] = {}
         if generator is None:
-            try:
-                from .models.loading import load_generator
-            except ModuleNotFoundError as e:
-                raise FaceAnonyMixerError(f"cannot load generator '{self.config.models.generator}': {e} "
-                                          "(faceanonymixer.models.loading is not installed in this build)") from None
+            from .models.loading import load_generator
             generator = load_generator(self.config.models.generator)
             self.model_info["generator"] = _file_info(self.config.models.generator)
         else:
             self.model_info["generator"] = dict(name=type(generator).__name__, sha256=module_digest(generator))
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         if inverter is None:
-            try:
-                from .models.encoders import load_inverter
-            except ModuleNotFoundError as e:
-                raise FaceAnonyMixerError(f"cannot load inverter '{self.config.models.inverter}': {e} "
-                                          "(faceanonymixer.models.encoders is not installed in this build)") from None
+            from .models.encoders import load_inverter
             inverter = load_inverter(self.config.models.inverter, self.generator)
             self.model_info["inverter"] = _file_info(self.config.models.inverter)
         else:
@@ -359,19 +351,8 @@ def save_person(result: PersonResult, out_dir, protector: Protector) -> list[Pat
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    import tempfile
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .fileio import atomic_write
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1, sort_keys=True), binary=False)
 
 
 def _file_info(name_or_path: str) -> dict:

@@ -206,11 +206,9 @@ class GeneratorTrainer:
                     history=self.history)
 
     def save_checkpoint(self) -> Path:
-        path = self.out / "checkpoint.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
-        return path
+        from ..fileio import atomic_write
+        state = self.state()
+        return atomic_write(self.out / "checkpoint.pt", lambda f: torch.save(state, f))
 
     def _resume(self):
         path = self.out / "checkpoint.pt"
