@@ -45,8 +45,8 @@ class EvalConfig:
     cache_dir: str | None = None              # protected-image cache (default <out>/cache)
     max_people: int = 100                     # people drawn (seeded) from those with >= min_images images
     min_images: int = 2
-    split: str | None = "val"                 # 'val' = only people held out from training our embedded models
-                                              # (train.data.person_split); 'train' or null (all people) also allowed
+    split: str | None = None                  # 'val' = only people held out from training our embedded models
+                                              # (train.data.person_split); 'train'; null = all people
     images_per_person: int = 3                # images used per person (seeded choice)
     seed: int = 0                             # pair sampling, people/image choice and evaluation keys
     n_impostor: int = 10000                   # impostor / non-mated pairs (all cross-person pairs if fewer)
