@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..models.e4e import E4EInverter
 from ..models.encoders import build_encoder
-from .gan import resolve_device
+from .gan import _stop_on_sigterm, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,9 @@ class EncoderTrainer:
         t0 = t_ckpt = time.time()
         stats = {}
         logf = open(self.out / "log.jsonl", "a")
+        stop = _stop_on_sigterm()
         while self.step < cfg.total_steps:
-            if cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60:
+            if stop or (cfg.max_minutes is not None and time.time() - t0 > cfg.max_minutes * 60):
                 break
             stats = self.train_step()
             if self.step % 25 == 0:

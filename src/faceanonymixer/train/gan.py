@@ -58,6 +58,9 @@ class GeneratorTrainConfig:
     threads: int | None = None                      # torch CPU threads (None = torch default)
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
     max_images: int | None = None                   # cap on real images (tests)
+    init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
+                                                    # export_resume) and G_ema from `init_ema`; Adam moments restart
+    init_ema: str = "fam-stylegan2-64"              # generator weights (registry name or file) used as G_ema with init_from
 
 
 def resolve_device(name: str) -> torch.device:
@@ -213,6 +216,8 @@ class GeneratorTrainer:
     def _resume(self):
         path = self.out / "checkpoint.pt"
         if not path.is_file():
+            if self.cfg.init_from:
+                self._init_from(self.cfg.init_from)
             return
         st = torch.load(path, map_location="cpu", weights_only=True)
         self.G.load_state_dict(st["G"])
@@ -227,6 +232,18 @@ class GeneratorTrainer:
             torch.cuda.set_rng_state_all(st["cuda_rng"])
         self.history = list(st.get("history", []))
         log.info("resumed from %s at %.1f kimg", path, self.images_seen / 1000)
+
+    def _init_from(self, path: str):
+        """Continue a run from a committed resume file (fp16 G + D) and the shipped G_ema."""
+        from ..models.io import load_meta, load_state
+        from ..models.loading import load_generator
+        state, _ = load_state(path)
+        meta = load_meta(path)
+        self.G.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("G.")})
+        self.D.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("D.")})
+        self.G_ema.load_state_dict(load_generator(self.cfg.init_ema).state_dict())
+        self.step, self.images_seen = int(meta.get("steps", 0)), int(meta.get("trained_images", 0))
+        log.info("initialised from %s at %.1f kimg (optimiser moments restart)", path, self.images_seen / 1000)
 
     # --- samples ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -249,8 +266,9 @@ class GeneratorTrainer:
         t_log, n_log = time.time(), 0
         stats = {}
         logf = open(self.out / "log.jsonl", "a")
+        stop = _stop_on_sigterm()
         while self.images_seen < cfg.total_kimg * 1000:
-            if cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60:
+            if stop or (cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60):
                 break
             stats = self.train_step()
             n_log += cfg.batch
@@ -295,3 +313,29 @@ def export_generator(checkpoint: str | Path, out_path: str | Path, fp16: bool = 
                 data="LFW (train split of people, FFHQ-aligned by faceanonymixer.align)")
     save_model(G, out_path, G.config, meta, fp16=fp16)
     return Path(out_path)
+
+
+def export_resume(checkpoint: str | Path, out_path: str | Path) -> Path:
+    """Compact resume file (fp16 G + D, ~16 MB) to commit beside the shipped G_ema, so a later session (or a GPU
+    run) can continue training with ``init_from``; the full checkpoint.pt (with Adam moments) is ~120 MB."""
+    from ..models.io import save_model
+    st = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = {f"G.{k}": v for k, v in st["G"].items()} | {f"D.{k}": v for k, v in st["D"].items()}
+    meta = dict(kind="stylegan2-resume", trained_images=int(st["images_seen"]), steps=int(st["step"]))
+    save_model(state, out_path, st["config"], meta, fp16=True)
+    return Path(out_path)
+
+
+def _stop_on_sigterm() -> list:
+    """SIGTERM/SIGINT end the run cleanly (checkpoint written) instead of losing the work since the last one."""
+    import signal
+    flag: list = []
+
+    def handler(signum, frame):
+        flag.append(signum)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. inside a test runner's worker): keep the default
+            pass
+    return flag
