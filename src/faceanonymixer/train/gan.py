@@ -2,7 +2,7 @@
 
 Non-saturating logistic loss, lazy R1 on reals, style-mixing regularisation, EMA of G, x-flip plus
 DiffAugment (few thousand images), channels_last, bf16 autocast + TF32 on CUDA (fp32 on CPU, where our
-bf16 path measured 3.7x slower: /tmp-free benchmark in benchmarks/bench_models.py).
+bf16 path measured 1.5x slower: /tmp-free benchmark in benchmarks/bench_models.py).
 Checkpoints are written atomically and often, and a resumed run continues *exactly* (all RNG states and
 the optimiser states are saved), so training can go on across sessions and machines."""
 from __future__ import annotations
@@ -53,7 +53,7 @@ class GeneratorTrainConfig:
     sample_kimg: float = 20.0                       # write a sample grid every this many kimg
     seed: int = 0                                   # seeds every random choice of the run
     device: str = "auto"                            # 'auto' | 'cpu' | 'cuda'
-    amp: bool = True                                # bf16 autocast on CUDA (on CPU it measured 3.7x slower with our ops: fp32 there)
+    amp: bool = True                                # bf16 autocast on CUDA (on CPU it measured 1.5x slower with our ops: fp32 there)
     channels_last: bool = True                      # NHWC memory format
     threads: int | None = None                      # torch CPU threads (None = torch default)
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
