@@ -2,7 +2,7 @@
 
 Non-saturating logistic loss, lazy R1 on reals, style-mixing regularisation, EMA of G, x-flip plus
 DiffAugment (few thousand images), channels_last, bf16 autocast + TF32 on CUDA (fp32 on CPU, where our
-bf16 path measured 1.5x slower: /tmp-free benchmark in benchmarks/bench_models.py).
+bf16 path measured 1.5x slower: benchmarks/bench_models.py).
 Checkpoints are written atomically and often, and a resumed run continues *exactly* (all RNG states and
 the optimiser states are saved), so training can go on across sessions and machines."""
 from __future__ import annotations
