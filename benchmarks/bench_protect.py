@@ -2,7 +2,7 @@
 measured side by side in one run on synthetic, already-aligned faces (no detection time).
 
     nice -n 10 .venv/bin/python benchmarks/bench_protect.py [--people 16] [--steps 50] [--config configs/default.yaml]
-        [--tiny]   # tiny random generator/encoder (when the embedded weights are absent)
+        [--tiny] [--device cuda]   # tiny random generator/encoder (when the embedded weights are absent)
 """
 from __future__ import annotations
 
@@ -35,11 +35,14 @@ def main():
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--device", help="torch device (default: the config's models.device)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = load_config(a.config).protect
     cfg.optim.steps = a.steps
     cfg.batch_people = a.people
+    if a.device:
+        cfg.models.device = a.device
     prot = tiny_protector(cfg) if a.tiny else Protector(cfg)
     G = prot.generator
     g = torch.Generator().manual_seed(0)

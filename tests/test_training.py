@@ -2,10 +2,13 @@
 and the generate/invert commands write the files they promise. Small real models, real SFace, no mocks."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from faceanonymixer.errors import CheckpointFormatError
 from faceanonymixer.models.io import load_state
 from faceanonymixer.models.loading import load_generator
 from faceanonymixer.train.data import person_split
@@ -87,6 +90,14 @@ def test_encoder_trainer_lowers_reconstruction_loss(tmp_path):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     tr.E.eval()
     assert torch.allclose(inv.encode(x), tr.inv.encode(x), atol=1e-6)
+    # A new run (no checkpoint yet) fine-tunes from exported weights: same encoder at its first step.
+    cfg2 = dataclasses.replace(cfg, out=str(tmp_path / "e2"), init_from=str(out))
+    tr2 = EncoderTrainer(cfg2, images=_faces(), generator=G, id_net=get_recogniser("sface"))
+    tr2.E.eval()
+    assert torch.allclose(tr2.inv.encode(x), tr.inv.encode(x), atol=1e-6)
+    bad = dataclasses.replace(cfg2, out=str(tmp_path / "e3"), encoder=dict(cfg.encoder, style_hidden=8))
+    with pytest.raises(CheckpointFormatError, match="does not match"):
+        EncoderTrainer(bad, images=_faces(), generator=G, id_net=get_recogniser("sface"))
 
 
 def test_generate_and_invert_commands_write_their_files(tmp_path):

@@ -50,6 +50,8 @@ class EncoderTrainConfig:
     amp: bool = True                                 # bf16 autocast on CUDA (fp32 on CPU, where bf16 is slower)
     threads: int | None = None
     max_images: int | None = None                    # cap on real images (tests)
+    init_from: str | None = None                     # no checkpoint.pt yet: start from these encoder weights
+                                                     # (our safetensors, e.g. the shipped fam-e4e-64); Adam restarts
 
 
 class EncoderTrainer:
@@ -166,6 +168,8 @@ class EncoderTrainer:
     def _resume(self):
         path = self.out / "checkpoint.pt"
         if not path.is_file():
+            if self.cfg.init_from:
+                self._init_from(self.cfg.init_from)
             return
         st = torch.load(path, map_location="cpu", weights_only=True)
         self.E.load_state_dict(st["E"])
@@ -174,6 +178,21 @@ class EncoderTrainer:
         self.rng.set_state(st["rng"])
         torch.set_rng_state(st["torch_rng"])
         log.info("resumed encoder from %s at step %d", path, self.step)
+
+    def _init_from(self, path: str):
+        """Fine-tune from exported encoder weights (e.g. after the generator was trained further)."""
+        from ..models.io import load_state
+        from ..registry import locate
+        p = Path(path) if Path(path).is_file() else locate(path)
+        state, config = load_state(p)
+        state.pop("latent_avg", None)   # the frozen generator's own latent_avg is used
+        want = {k: v for k, v in self.enc_config.items()}
+        have = dict(config.get("encoder", {}))
+        if have and have != want:
+            from ..errors import CheckpointFormatError
+            raise CheckpointFormatError(f"{p}: encoder config {have} does not match the training config {want}")
+        self.E.load_state_dict(state)
+        log.info("initialised encoder from %s (optimiser restarts)", p)
 
     @torch.no_grad()
     def sample_grid(self, path):
