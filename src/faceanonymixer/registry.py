@@ -36,7 +36,7 @@ def _p(*a, **k):
 MODELS: dict[str, ModelSpec] = {m.name: m for m in [
     # Our own embedded models (issue 3): trained here, shipped in the package.
     _p("fam-stylegan2-64", "fam_stylegan2_64.safetensors", "embedded",
-       "MIT (weights); trained on LFW (research use) and DCGAN/DigiFace-1M samples (non-commercial)",
+       "MIT (weights); trained on LFW photos (research use only)",
        "faceanonymixer's own 64x64 StyleGAN2 (10 W+ layers)", package="faceanonymixer",
        package_path="weights/fam_stylegan2_64.safetensors", obtain="ships with the package; retrain with `faceanonymixer train generator`"),
     _p("fam-e4e-64", "fam_e4e_64.safetensors", "embedded",
