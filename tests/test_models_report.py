@@ -117,18 +117,21 @@ def test_model_report_on_tiny_models(setup):
     s = setup
     out = s["tmp"] / "report"
     argv = ["model-report", "--generator", str(s["gpath"]), "--encoder", str(s["epath"]), "--data", str(s["root"]),
-            "--n-samples", "8", "--n-real", "8", "--out", str(out), "--mix-layers", "1-3,3-6,2-9", "--threads", "1"]
+            "--n-samples", "8", "--n-real", "8", "--out", str(out), "--mix-layers", "1-3,3-6,2-9", "--threads", "1",
+            "--refine-steps", "3", "--refine-n", "4"]
     assert main(argv) == 0
     rep = json.loads((out / "model_report.json").read_text())
     assert {"command", "config", "models", "real_data", "sections", "bars", "images"} <= set(rep)
     # the recorded command reproduces the same options
     a0, a1 = build_parser().parse_args(argv), build_parser().parse_args(rep["command"].split()[1:])
-    for k in ("generator", "encoder", "data", "n_samples", "n_real", "out", "seed", "mix_layers"):
+    for k in ("generator", "encoder", "data", "n_samples", "n_real", "out", "seed", "mix_layers", "refine_steps",
+              "refine_n"):
         assert getattr(a0, k) == getattr(a1, k), k
     S = rep["sections"]
     assert {k: v["status"] for k, v in S.items()} == {k: "ok" for k in
                                                       ("real_data", "samples", "detection", "mixing", "fd_dlib",
-                                                       "encoder")}, {k: v.get("reason") for k, v in S.items()}
+                                                       "encoder", "encoder_refined")}, \
+        {k: v.get("reason") for k, v in S.items()}
     nums = _check_numbers(rep)
     # counts follow the options; real photos only from the held-out people
     assert S["detection"]["detection_rate"]["n"] == 8 and S["detection"]["detection_rate"]["bar"] == ">= 0.9"
@@ -146,12 +149,15 @@ def test_model_report_on_tiny_models(setup):
     assert enc["sface_cos"]["n"] == enc["psnr_db"]["n"] == enc["ssim"]["n"] == n_a >= 1
     assert -1 <= enc["sface_cos"]["value"] <= 1 and -1 <= enc["ssim"]["value"] < 1  # random encoder: not 1
     assert nums[".sections.encoder.psnr_db"]["value"] > 0
-    for img in ("samples_grid.png", "style_mixing.png", "inversion.png"):
+    ref = S["encoder_refined"]
+    assert ref["steps"] == 3 and ref["psnr_db"]["n"] == min(4, n_a) and ref["psnr_db"]["value"] > 0
+    for img in ("samples_grid.png", "style_mixing.png", "inversion.png", "inversion_refined.png"):
         assert (out / img).is_file() and img in rep["images"]
     from PIL import Image
     assert Image.open(out / "samples_grid.png").size == ((8 * 34 + 2) * 4,) * 2  # 32 px, 8x8, pad 2, x4
     md = (out / "model_report.md").read_text()
     assert "| what | value | n | bar | pass |" in md and rep["command"] in md and "FD-dlib" in md
+    assert "encoder + 3-step refinement" in md
 
 
 def test_model_report_skips_missing_models_with_reasons(setup):

@@ -100,3 +100,25 @@ def test_batched_equals_serial(protector):
              protector.protect_people([f[2:]], keys[1:], ["b"]).results[0]]
     for x, y in zip(both, alone):
         assert torch.allclose(x.ws, y.ws, atol=1e-4)
+
+
+def test_refine_latents_lowers_reconstruction_error_and_leaves_generator_alone():
+    from faceanonymixer.models.stylegan2 import Generator
+    from faceanonymixer.pipeline import RefineConfig, refine_latents
+    torch.manual_seed(0)
+    G = Generator(resolution=32, z_dim=32, w_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16}).eval()
+    G.requires_grad_(False)
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    with torch.no_grad():
+        target_ws = G.mapping(torch.randn(2, 32))[:, None].repeat(1, G.num_ws, 1)
+        x = G.synthesis(target_ws, noise_mode="const")
+        start = G.mapping(torch.randn(2, 32))[:, None].repeat(1, G.num_ws, 1)
+    ws = refine_latents(G, start, x, RefineConfig(steps=30, lr=0.02), attr=None)
+    assert ws.shape == start.shape and not ws.requires_grad
+    with torch.no_grad():
+        err0 = (G.synthesis(start, noise_mode="const") - x).square().mean()
+        err1 = (G.synthesis(ws, noise_mode="const") - x).square().mean()
+    assert err1 < 0.5 * err0, (float(err0), float(err1))
+    assert all(torch.equal(v, before[k]) for k, v in G.state_dict().items())
+    with pytest.raises(AssertionError):
+        refine_latents(G, start[:1], x, RefineConfig(steps=1))

@@ -72,6 +72,10 @@ def add_arguments(p):
                    help="first sample seed and the seed of the real-photo selection (default 0)")
     p.add_argument("--mix-layers", default=DEFAULT_MIX,
                    help=f"comma list of inclusive W+ ranges tried as the identity band (default {DEFAULT_MIX})")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="also measure encoder + N steps of the pipeline's latent refinement (0 = skip; paper: 150)")
+    p.add_argument("--refine-n", type=int, default=32, help="real faces (the first of set A) for the refinement rows")
+    p.add_argument("--refine-lr", type=float, default=None, help="refinement Adam lr (default: the pipeline's)")
     p.add_argument("--device", default="cpu", help="torch device for the generator/encoder/SFace (default cpu)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch and OpenCV (0 = leave as is)")
 
@@ -81,6 +85,10 @@ def command_line(args) -> str:
     parts = ["faceanonymixer", "model-report", "--generator", str(args.generator), "--encoder", str(args.encoder),
              "--data", str(args.data), "--n-samples", str(args.n_samples), "--n-real", str(args.n_real),
              "--out", str(args.out), "--seed", str(args.seed), "--mix-layers", str(args.mix_layers)]
+    if getattr(args, "refine_steps", 0):
+        parts += ["--refine-steps", str(args.refine_steps), "--refine-n", str(args.refine_n)]
+        if args.refine_lr is not None:
+            parts += ["--refine-lr", str(args.refine_lr)]
     if getattr(args, "device", "cpu") != "cpu":
         parts += ["--device", str(args.device)]
     return shlex.join(parts)
@@ -689,6 +697,46 @@ class Report:
                 ws = self.inv.encode(x[i:i + 32].to(self.dev))
                 recs.append(G.synthesis(ws, noise_mode="const").float().clamp(-1, 1).cpu())
         y = torch.cat(recs)
+        out = self._recon_metrics(x, y)
+        out["method"] = ("held-out set A, FFHQ-aligned by our detector/aligner at the generator resolution -> "
+                         "encode -> synthesis (const noise); cosines via embed_ffhq on both")
+        out["images"] = ["inversion.png"]
+        self._pairs_image(x, y, "inversion.png")
+        return out
+
+    def refined(self):
+        """Encoder + the pipeline's latent-only refinement (pipeline.refine_latents) on the first refine_n faces."""
+        from ..losses import get_attribute_encoder
+        from ..pipeline import RefineConfig, refine_latents
+        a = self.args
+        if not a.refine_steps:
+            raise Skip("--refine-steps 0")
+        G = self.need_G()
+        if self.inv is None or self.real_a is None or not self.real_a.files:
+            raise Skip("no encoder or no real held-out faces")
+        x = self.real_a.ffhq_tensor()[: a.refine_n]
+        rc = RefineConfig(steps=a.refine_steps)
+        if a.refine_lr is not None:
+            rc.lr = a.refine_lr
+        attr = get_attribute_encoder("sface-early", self.rec("sface"))
+        recs = []
+        for i in range(0, len(x), 16):
+            xb = x[i:i + 16].to(self.dev)
+            with torch.no_grad():
+                ws = self.inv.encode(xb)
+            ws = refine_latents(G, ws, xb, rc, attr)
+            with torch.no_grad():
+                recs.append(G.synthesis(ws, noise_mode="const").float().clamp(-1, 1).cpu())
+        y = torch.cat(recs)
+        out = self._recon_metrics(x, y)
+        out.update(steps=rc.steps, lr=rc.lr, w_mse=rc.w_mse, w_perc=rc.w_perc, images=["inversion_refined.png"],
+                   method="as the encoder rows, then pipeline.refine_latents (Adam on W+, MSE + w_perc * SFace-early "
+                          "feature distance) on the first refine_n faces of set A")
+        self._pairs_image(x, y, "inversion_refined.png")
+        return out
+
+    def _recon_metrics(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        G = self.need_G()
         n = len(x)
         dr = detect_batch(y)
         sface, dlib = self.rec("sface"), self.rec("dlib-resnet")
@@ -696,7 +744,7 @@ class Report:
         cos_s = F.cosine_similarity(es_x, es_y, dim=1).numpy()
         cos_d = F.cosine_similarity(embed_ffhq(dlib, x), embed_ffhq(dlib, y), dim=1).numpy()
         # context: original vs another person's original (what an unrelated face scores)
-        persons = np.array(self.real_a.person)
+        persons = np.array(self.real_a.person)[:n]
         j = np.roll(np.arange(n), 1)
         other = persons != persons[j]
         imp = F.cosine_similarity(es_x, es_x[j], dim=1).numpy()[other]
@@ -710,17 +758,16 @@ class Report:
                         metric(None, n, "SSIM needs at least 11x11 pixels")),
                "context_sface_cos_other_person": mean_metric(imp, "pairs of different people"),
                "ssim_definition": "11x11 Gaussian window, sigma 1.5, per RGB channel on [0,1], mean over channels "
-                                  "and valid window positions, K1=0.01, K2=0.03",
-               "method": "held-out set A, FFHQ-aligned by our detector/aligner at the generator resolution -> "
-                         "encode -> synthesis (const noise); cosines via embed_ffhq on both",
-               "images": ["inversion.png"]}
-        k = min(n, 16)
+                                  "and valid window positions, K1=0.01, K2=0.03"}
+        return out
+
+    def _pairs_image(self, x: torch.Tensor, y: torch.Tensor, name: str) -> None:
+        G = self.need_G()
+        k = min(len(x), 16)
         pairs = np.concatenate([to_uint8_hwc(x[:k])[:, :, :, None], to_uint8_hwc(y[:k])[:, :, :, None]], axis=3)
         pairs = pairs.transpose(0, 3, 1, 2, 4).reshape(k * 2, G.resolution, G.resolution, 3)
         from ..train.grid import make_grid
-        save_image(make_grid(pairs, nrow=8 if k >= 4 else 2 * k), self.out / "inversion.png",
-                   max(1, 128 // G.resolution))
-        return out
+        save_image(make_grid(pairs, nrow=8 if k >= 4 else 2 * k), self.out / name, max(1, 128 // G.resolution))
 
     # --- main -----------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -746,6 +793,7 @@ class Report:
         self.section("mixing", self.mixing)
         self.section("fd_dlib", self.fd)
         self.section("encoder", self.encoder)
+        self.section("encoder_refined", self.refined)
         self.data["images"] = sorted(p.name for p in self.out.glob("*.png"))
         write_json(self.data, self.out / "model_report.json")
         (self.out / "model_report.md").write_text(markdown(self.data))
@@ -838,6 +886,14 @@ def markdown(d: dict) -> str:
         add(f"encoder: PSNR at {enc['resolution']} px (dB)", enc["psnr_db"], digits=2)
         add(f"encoder: SSIM at {enc['resolution']} px", enc["ssim"])
         add("context: SFace cos between two different people's originals", enc["context_sface_cos_other_person"])
+    ref = S.get("encoder_refined", {})
+    if ref.get("status") == "ok":
+        tag = f"encoder + {ref['steps']}-step refinement (lr {ref['lr']:g})"
+        add(f"{tag}: detected as a face", ref["recon_detection_rate"], pct=True)
+        add(f"{tag}: SFace cos(original, reconstruction)", ref["sface_cos"])
+        add(f"{tag}: dlib cos(original, reconstruction)", ref["dlib_cos"])
+        add(f"{tag}: PSNR at {ref['resolution']} px (dB)", ref["psnr_db"], digits=2)
+        add(f"{tag}: SSIM at {ref['resolution']} px", ref["ssim"])
     mx = S.get("mixing", {})
     if mx.get("status") == "ok":
         L += ["", "Style mixing at psi 0.7: the listed W+ layers of each sample are replaced by another sample's w. "
