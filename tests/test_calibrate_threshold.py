@@ -1,0 +1,43 @@
+"""scripts/calibrate_threshold.py: the threshold accepts at most the target share of impostors (known answers)."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "calibrate_threshold.py"
+spec = importlib.util.spec_from_file_location("calibrate_threshold", SCRIPT)
+ct = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ct)
+
+
+def test_threshold_at_far_known_answers():
+    imp = np.arange(100) / 100.0                       # 0.00 .. 0.99
+    t = ct.threshold_at_far(imp, 0.05)
+    assert np.mean(imp >= t) == 0.05 and 0.94 < t <= 0.95 + 1e-12
+    t0 = ct.threshold_at_far(imp, 0.0)
+    assert np.mean(imp >= t0) == 0.0 and t0 > 0.99
+    rng = np.random.default_rng(0)
+    imp = rng.normal(size=10000)
+    for far in (0.1, 0.01, 0.001):
+        assert np.mean(imp >= ct.threshold_at_far(imp, far)) <= far
+
+
+def test_command_reads_scores_csv(tmp_path, capsys):
+    rows = [("method", "impostor", f"a{i}", f"b{i}", "sface", i / 1000) for i in range(1000)]
+    rows += [("method", "genuine", f"g{i}", f"h{i}", "sface", 0.995 if i < 9 else 0.5) for i in range(10)]
+    rows += [("method", "mated", f"m{i}", f"n{i}", "sface", 0.999 if i == 0 else 0.1) for i in range(10)]
+    rows += [("naive", "impostor", "x", "y", "sface", 0.9)]
+    p = tmp_path / "scores.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["variant", "kind", "item_a", "item_b", "recogniser", "score"])
+        w.writerows(rows)
+    assert ct.main([str(p), "--far", "0.01"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_impostor"] == 1000 and res["far"] == 0.01 and 0.989 <= res["threshold"] < 0.99
+    assert res["tar"] == 0.9 and res["cross_key_accept"] == 0.1
+    assert ct.main([str(p), "--variant", "blur"]) == 2
