@@ -1,7 +1,6 @@
 """End to end: `faceanonymixer evaluate` on a tiny identity-folder data set built from the installed sample photos
 (Obama x3; Biden + his mirrored photo). Checks the report files, the metrics.json keys and the cache."""
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +61,6 @@ def _check_report(out: Path, recognisers, attacks=()):
 def test_evaluate_command_keyless(tiny_data, tmp_path):
     """The CLI command itself, with the key-less variants (no generator needed)."""
     out = tmp_path / "report"
-    t0 = time.time()
     rc = cli.main(["evaluate", "--config", str(CONFIG), "--data", str(tiny_data), "--out", str(out),
                    "--max-people", "5", "--seed", "3", "--set", "variants=[lowres,blur,pixelate]",
                    "--set", "main_variant=blur", "--set", "recognisers=[dlib-resnet,sface]", *FAST])
@@ -72,7 +70,6 @@ def test_evaluate_command_keyless(tiny_data, tmp_path):
     # key-less transforms are not revocable: k1-vs-k2 "mated" pairs are the same-key genuine pairs
     r = m["recognisers"]["sface"]["revocability"]
     assert r["match_rate"] == r["same_key_match_rate"]
-    assert time.time() - t0 < 120
 
 
 def test_evaluate_rejects_bad_config(tiny_data, tmp_path):
@@ -131,13 +128,11 @@ def test_evaluate_with_embedded_models(tiny_data, tmp_path):
         except FaceAnonyMixerError as e:
             pytest.skip(f"embedded model {name} not available yet: {str(e).splitlines()[0]}")
     out = tmp_path / "report"
-    t0 = time.time()
     rc = cli.main(["evaluate", "--config", str(CONFIG), "--data", str(tiny_data), "--out", str(out), "--steps", "5",
                    "--set", "variants=[method,naive,blur]", "--set", "recognisers=[dlib-resnet,sface]",
                    "--set", "attacks.steps=5", *FAST])
     assert rc == 0
     _check_report(out, ["dlib-resnet", "sface"], attacks=("avg", "optimise"))
-    assert time.time() - t0 < 120
 
 
 def test_attacks_known_answers():
