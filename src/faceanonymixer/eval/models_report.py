@@ -709,8 +709,6 @@ class Report:
         from ..losses import get_attribute_encoder
         from ..pipeline import RefineConfig, refine_latents
         a = self.args
-        if not a.refine_steps:
-            raise Skip("--refine-steps 0")
         G = self.need_G()
         if self.inv is None or self.real_a is None or not self.real_a.files:
             raise Skip("no encoder or no real held-out faces")
@@ -793,7 +791,8 @@ class Report:
         self.section("mixing", self.mixing)
         self.section("fd_dlib", self.fd)
         self.section("encoder", self.encoder)
-        self.section("encoder_refined", self.refined)
+        if a.refine_steps:
+            self.section("encoder_refined", self.refined)
         self.data["images"] = sorted(p.name for p in self.out.glob("*.png"))
         write_json(self.data, self.out / "model_report.json")
         (self.out / "model_report.md").write_text(markdown(self.data))

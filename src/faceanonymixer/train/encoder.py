@@ -186,7 +186,7 @@ class EncoderTrainer:
         p = Path(path) if Path(path).is_file() else locate(path)
         state, config = load_state(p)
         state.pop("latent_avg", None)   # the frozen generator's own latent_avg is used
-        want = {k: v for k, v in self.enc_config.items()}
+        want = self.enc_config
         have = dict(config.get("encoder", {}))
         if have and have != want:
             from ..errors import CheckpointFormatError
