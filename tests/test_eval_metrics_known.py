@@ -2,6 +2,7 @@
 extremes, PSR thresholds, revocability/stolen-key rates, deterministic pairs, and the report writer."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +174,12 @@ def test_scores_roundtrip_and_report_writer(tmp_path):
     assert np.allclose(back.get("prot", "impostor", "r"), s.get("prot", "impostor", "r"))
     # recompute a metric from scores.csv alone
     assert report.summarise_variant(back, "prot", "r", 1e-2)["psr"]["1e-3"] == pytest.approx(r["psr"]["1e-3"])
+
+
+def test_attack_selection_empty_list_means_none():
+    from faceanonymixer.eval import evaluate as ev
+    from faceanonymixer.eval.attacks import ATTACKS
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "eval.yaml"
+    assert ev.selected_attacks(ev.load_config(cfg, ["attacks.names=[]"])) == []
+    assert ev.selected_attacks(ev.load_config(cfg, ["attacks.names=null"])) == list(ATTACKS)
+    assert ev.selected_attacks(ev.load_config(cfg, ["attacks.names=[avg]"])) == ["avg"]

@@ -68,12 +68,17 @@ class EvalConfig:
     threads: int = 0                          # torch threads (0 = leave as is)
 
 
+def selected_attacks(cfg) -> list[str]:
+    """Attacks to run: ``attacks.names`` (an empty list = none), or all of ATTACKS when it is null."""
+    return list(ATTACKS) if cfg.attacks.names is None else list(cfg.attacks.names)
+
+
 def load_config(path=None, overrides=None) -> EvalConfig:
     cfg = cfgmod.load(EvalConfig, path, overrides)
     unknown = [v for v in cfg.variants if v not in ALL_VARIANTS]
     if unknown:
         raise cfgmod.ConfigError(f"unknown variant(s) {unknown}; valid: {list(ALL_VARIANTS)}")
-    bad = [a for a in (cfg.attacks.names or ATTACKS) if a not in ATTACKS]
+    bad = [a for a in selected_attacks(cfg) if a not in ATTACKS]
     if bad:
         raise cfgmod.ConfigError(f"unknown attack(s) {bad}; valid: {list(ATTACKS)}")
     if cfg.main_variant not in cfg.variants:
@@ -743,7 +748,7 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
 
     lap("embed_score")
     # attacks on the main variant
-    attack_names = list(cfg.attacks.names or ATTACKS) if cfg.main_variant in KEYED else []
+    attack_names = selected_attacks(cfg) if cfg.main_variant in KEYED else []
     attack_imgs = {}
     for a in attack_names:
         plan = method.plan(cfg.main_variant)
