@@ -10,29 +10,11 @@ different keys: what `revoke` relies on).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 
-import numpy as np
-
-
-def load(path: str, variant: str, recogniser: str) -> dict[str, np.ndarray]:
-    out: dict[str, list[float]] = {}
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            if r["variant"] == variant and r["recogniser"] == recogniser:
-                out.setdefault(r["kind"], []).append(float(r["score"]))
-    return {k: np.asarray(v) for k, v in out.items()}
-
-
-def threshold_at_far(impostor: np.ndarray, far: float) -> float:
-    """Smallest threshold t with mean(impostor >= t) <= far (scores are similarities: accept when >= t)."""
-    s = np.sort(impostor)[::-1]
-    k = int(np.floor(far * len(s)))          # at most k impostors may be accepted
-    if k >= len(s):
-        return float(s[-1])
-    return float(np.nextafter(s[k], np.inf))  # just above the (k+1)-th highest impostor score
+from faceanonymixer.eval.metrics import threshold_at_far
+from faceanonymixer.eval.report import ScoreSet, match_rate
 
 
 def main(argv=None) -> int:
@@ -42,20 +24,19 @@ def main(argv=None) -> int:
     ap.add_argument("--recogniser", default="sface", help="the workflow's matcher (workflow.matcher)")
     ap.add_argument("--far", type=float, default=0.01)
     a = ap.parse_args(argv)
-    d = load(a.scores, a.variant, a.recogniser)
-    if "impostor" not in d or "genuine" not in d:
+    sc = ScoreSet.from_csv(a.scores)
+    imp, gen, cross = (sc.get(a.variant, k, a.recogniser) for k in ("impostor", "genuine", "mated"))
+    if not imp.size or not gen.size:
         print(f"{a.scores}: no genuine/impostor scores for variant {a.variant!r}, recogniser {a.recogniser!r}",
               file=sys.stderr)
         return 2
-    imp = d["impostor"]
-    if a.far * len(imp) < 1:
-        print(f"warning: {len(imp)} impostor pairs cannot resolve FAR {a.far:g}", file=sys.stderr)
+    if a.far * imp.size < 1:
+        print(f"warning: {imp.size} impostor pairs cannot resolve FAR {a.far:g}", file=sys.stderr)
     t = threshold_at_far(imp, a.far)
     res = dict(variant=a.variant, recogniser=a.recogniser, far_target=a.far, threshold=round(t, 4),
-               n_impostor=len(imp), far=float(np.mean(imp >= t)),
-               n_genuine=len(d["genuine"]), tar=float(np.mean(d["genuine"] >= t)))
-    if "mated" in d:  # same person under two different keys
-        res.update(n_cross_key=len(d["mated"]), cross_key_accept=float(np.mean(d["mated"] >= t)))
+               n_impostor=int(imp.size), far=match_rate(imp, t), n_genuine=int(gen.size), tar=match_rate(gen, t))
+    if cross.size:  # same person under two different keys
+        res.update(n_cross_key=int(cross.size), cross_key_accept=match_rate(cross, t))
     print(json.dumps(res, indent=1))
     return 0
 
