@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from faceanonymixer import align as A
-from faceanonymixer.errors import ImageError, NoFaceError
+from faceanonymixer.errors import ImageError, NoFaceError, SeveralFacesError
 from faceanonymixer.images import list_images, read_image, write_png_atomic
 from faceanonymixer.registry import data_dir
 
@@ -282,6 +282,24 @@ def test_select_face_center_vs_largest():
     off = face(0, 0, 50, 50)
     near = face(140, 140, 50, 50)
     assert A.select_face([off, near], (250, 250), "center") is near
+    # 'single': a rival face of similar size is an error naming the item; a small background face is not
+    with pytest.raises(SeveralFacesError, match=r"group\.jpg: 2 faces of similar size"):
+        A.select_face([bystander, subject], (250, 250), "single", source="group.jpg")
+    background = face(200, 10, 40, 40)       # 1,600 px^2 < 0.25 * 9,900 px^2 of the subject
+    assert A.select_face([background, subject], (250, 250), "single", source="x.jpg") is subject
+
+
+def test_two_people_photo_is_refused_by_default(photos, tmp_path):
+    """A real photo of two people side by side: the default ('single') names the file, 'largest' picks one."""
+    by_name = {Path(p).stem: img for p, img, _ in photos}
+    a, b = by_name["obama"], by_name["biden"]
+    h = min(a.shape[0], b.shape[0])
+    two = np.concatenate([a[:h], b[:h]], axis=1)
+    Image.fromarray(two).save(tmp_path / "two.png")
+    with pytest.raises(SeveralFacesError, match="two.png"):
+        A.Aligner("ffhq", size=64, select="single").align_one(tmp_path / "two.png")
+    crop, face = A.Aligner("ffhq", size=64, select="largest").align_one(tmp_path / "two.png")
+    assert crop.shape == (64, 64, 3)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -52,14 +52,18 @@ def test_protect_real_photos_deterministic_with_bad_items(protector, tmp_path):
     (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
     grey = Image.open(SAMPLES / "obama2.jpg").convert("L")
     grey.save(tmp_path / "grey.png")
+    a, b = np.asarray(Image.open(SAMPLES / "obama.jpg").convert("RGB")), np.asarray(Image.open(SAMPLES / "biden.jpg").convert("RGB"))
+    h = min(len(a), len(b))
+    Image.fromarray(np.concatenate([a[:h], b[:h]], axis=1)).save(tmp_path / "two.png")  # two people: ambiguous
     key = Key(SECRET)
     people = [[SAMPLES / "obama.jpg", tmp_path / "grey.png", tmp_path / "corrupt.jpg"],
-              [SAMPLES / "biden.jpg"], [tmp_path / "blank.png"]]
+              [SAMPLES / "biden.jpg", tmp_path / "two.png"], [tmp_path / "blank.png"]]
     r1 = protector.protect_people(people, key, ["obama", "biden", "nobody"])
     r2 = protector.protect_people(people, key, ["obama", "biden", "nobody"])
     assert [r.name for r in r1.results] == ["obama", "biden"]
     bad = " ".join(f"{i} {m}" for i, m in r1.failures)
     assert "corrupt.jpg" in bad and "blank.png" in bad and "nobody" in bad
+    assert "two.png: 2 faces of similar size" in bad
     assert r1.results[0].images.shape == (2, 3, 32, 32) and r1.results[1].images.shape == (1, 3, 32, 32)
     for a, b in zip(r1.results, r2.results):                  # bit-identical
         assert np.array_equal(to_uint8(a.images), to_uint8(b.images))

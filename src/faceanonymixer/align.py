@@ -155,15 +155,30 @@ def detect(img: np.ndarray, detector: FaceDetector | None = None) -> list[Face]:
     return (detector or get_detector()).detect(img)
 
 
-FACE_SELECT = ("largest", "center")
+FACE_SELECT = ("single", "largest", "center")
+SINGLE_MIN_AREA = 0.25  # 'single': faces smaller than this fraction of the largest count as background
 
 
-def select_face(faces: Sequence[Face], image_shape, select: str = "largest") -> Face:
-    """One face out of several. 'largest': the biggest box (user photos). 'center': among the boxes containing
-    the image centre the biggest, else the box whose centre is nearest (benchmark crops such as LFW, whose
-    subject is centred and where a larger face is often a bystander cut by the border)."""
+
+
+def select_face(faces: Sequence[Face], image_shape, select: str = "largest", source=None) -> Face:
+    """One face out of several. 'single': the largest, provided no other face has >= SINGLE_MIN_AREA of its
+    area (else SeveralFacesError naming ``source``: protecting or enrolling the wrong person of a group photo
+    must not happen silently; small background faces are ignored). 'largest': the biggest box. 'center': among
+    the boxes containing the image centre the biggest, else the box whose centre is nearest (benchmark crops
+    such as LFW, whose subject is centred and where a larger face is often a bystander cut by the border)."""
     if not faces:
         raise ValueError("select_face: no faces")
+    if select == "single":
+        big = max(faces, key=lambda f: f.area)
+        rivals = [f for f in faces if f is not big and f.area >= SINGLE_MIN_AREA * big.area]
+        if rivals:
+            from .errors import SeveralFacesError
+            raise SeveralFacesError(
+                f"{source if source is not None else 'image'}: {len(rivals) + 1} faces of similar size, so which "
+                "person is meant is ambiguous. Crop the photo to one person, or choose a rule with "
+                "--set protect.face=largest (the biggest face) or protect.face=center (the face at the centre).")
+        return big
     if select == "largest":
         return max(faces, key=lambda f: f.area)
     if select == "center":
@@ -186,7 +201,7 @@ def pick_face(img: np.ndarray, source: str | os.PathLike | None = None, detector
         raise NoFaceError(f"{name}: no face found (YuNet, score >= {det.score_threshold}). Use a photo with a "
                           "clearly visible, roughly frontal face at least ~40 px wide; faceanonymixer never "
                           "falls back to a centre crop.")
-    return select_face(faces, img.shape, select), len(faces)
+    return select_face(faces, img.shape, select, source), len(faces)
 
 
 def largest_face(img: np.ndarray, source: str | os.PathLike | None = None,
@@ -464,7 +479,7 @@ class Aligner:
                  size: int = ARCFACE_SIZE,                # output side
                  detector: FaceDetector | None = None,    # default: the cached YuNet detector
                  score_threshold: float = 0.6,            # YuNet face score threshold (default detector only)
-                 select: str = "largest"):                # several faces: 'largest' or 'center' (see select_face)
+                 select: str = "largest"):                # several faces: 'single', 'largest' or 'center' (select_face)
         if mode not in ("arcface", "ffhq"):
             raise ValueError(f"Aligner mode must be 'arcface' or 'ffhq', got {mode!r}")
         self.mode = mode
@@ -490,7 +505,7 @@ class Aligner:
         face, n = pick_face(img, source, self.detector, self.select)
         if n > 1:
             log.info("%s: %d faces, took the %s one", source or "image", n,
-                     "largest" if self.select == "largest" else "central")
+                     "central" if self.select == "center" else "largest")
         return self.align_face(img, face), face
 
     def __call__(self, items: Iterable, sources: Sequence[str] | None = None) -> AlignedBatch:
@@ -510,7 +525,8 @@ class Aligner:
         return AlignedBatch(crops=arr, index=index, faces=faces, errors=errors)
 
 
-__all__ = ["ARCFACE_TEMPLATE", "Face", "FaceDetector", "get_detector", "detect", "FACE_SELECT", "select_face",
+__all__ = ["ARCFACE_TEMPLATE", "Face", "FaceDetector", "get_detector", "detect", "FACE_SELECT", "SINGLE_MIN_AREA",
+           "select_face",
            "pick_face", "largest_face",
            "umeyama_similarity", "invert_affine", "transform_points", "arcface_matrix", "align_arcface",
            "ffhq_quad", "quad_to_square_matrix", "align_ffhq", "ffhq_landmarks", "ffhq_to_arcface_matrix",

@@ -25,5 +25,9 @@ class NoFaceError(ImageError):
     """No face was found in an image."""
 
 
+class SeveralFacesError(ImageError):
+    """Several faces of similar size: which person is meant is ambiguous."""
+
+
 class KeyFileError(FaceAnonyMixerError):
     """A key file is missing, unreadable or malformed."""

@@ -96,6 +96,8 @@ class ProtectConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     batch_people: int = 16                # people optimised together in one batched pass
+    face: str = "single"                  # several faces in a photo: 'single' (error unless one dominates),
+                                          # 'largest' or 'center' (align.select_face)
 
 
 @dataclass
@@ -175,6 +177,10 @@ class Protector:
                  attr_net=None,                  # attribute encoder; default from config.loss.attr_net
                  device: str | None = None):
         self.config = config or ProtectConfig()
+        from .align import FACE_SELECT
+        if self.config.face not in FACE_SELECT:
+            from .config import ConfigError
+            raise ConfigError(f"protect.face must be one of {FACE_SELECT}, got {self.config.face!r}")
         self.device = torch.device(device or self.config.models.device)
         self.model_info: dict[str, dict] = {}
         if generator is None:
@@ -232,7 +238,7 @@ class Protector:
             return from_uint8(to_uint8(x))[None].to(self.device), source or "tensor"
         if self._aligner is None:
             from .align import Aligner
-            self._aligner = Aligner("ffhq", size=R)
+            self._aligner = Aligner("ffhq", size=R, select=self.config.face)
         src = source or (str(item) if isinstance(item, (str, os.PathLike)) else "array")
         crop, _ = self._aligner.align_one(item, src)
         return from_uint8(crop)[None].to(self.device), src
