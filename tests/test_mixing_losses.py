@@ -33,6 +33,14 @@ def test_plans():
     assert make_plan(10, MixingConfig("code")).key_layers == (0,)
     e = make_plan(10, MixingConfig("readme", identity_layers=[2, 3, 4]))
     assert e.optimised_layers == (2, 3, 4)
+    # precedence: config band > the generator's measured band (weights meta) > the scaling rule
+    assert make_plan(10, MixingConfig("readme"), generator_band=[1, 2, 3, 4, 5]).key_layers == (1, 2, 3, 4, 5)
+    assert make_plan(10, MixingConfig("code"), generator_band=[1, 2, 3, 4, 5]).key_layers == (0,)
+    assert make_plan(10, MixingConfig("readme", identity_layers=[2, 3]), generator_band=[1, 2, 3, 4, 5]
+                     ).key_layers == (2, 3)
+    assert make_plan(10, MixingConfig("readme")).key_layers == (1, 2, 3)
+    with pytest.raises(FaceAnonyMixerError, match="within 1..8"):
+        make_plan(10, MixingConfig("readme"), generator_band=[0, 1])
     with pytest.raises(FaceAnonyMixerError):
         make_plan(10, MixingConfig("other"))
 

@@ -21,7 +21,8 @@ log-resolution 1/4 (16 px) and 1/2 (64 px):
 
 This reproduces 0-2 / 3-7 / 8-17 at 1024 px exactly; 256 px (14 layers) gives 0-2 / 3-5 / 6-13; our 64-px
 generator (10 layers) gives 0 / 1-3 / 4-9 (4 px coarse; 8 px and the 16-px upsampling conv carry identity).
-An explicit ``MixingConfig.identity_layers`` overrides the rule.
+A generator's weights file may name its own band (``meta.identity_layers``, set from measurements: our embedded
+64-px generator uses 1-5, see docs/method.md); an explicit ``MixingConfig.identity_layers`` overrides both.
 """
 from __future__ import annotations
 
@@ -94,18 +95,23 @@ class MixPlan:
                     optimised_layers=list(self.optimised_layers))
 
 
-def make_plan(num_ws: int, config: MixingConfig | None = None, resolution: int | None = None) -> MixPlan:
-    """The layer plan for a generator (see the module docstring for the rule)."""
+def make_plan(num_ws: int, config: MixingConfig | None = None, resolution: int | None = None,
+              generator_band: list[int] | None = None,   # the generator's measured band (weights metadata)
+              ) -> MixPlan:
+    """The layer plan for a generator. Identity band, first match wins: ``config.identity_layers``; the band the
+    generator's weights file names (``generator_band``, chosen by measurement for that model); the scaling rule
+    of the module docstring (which gives the paper's 3-7 for the official 1024-px generator)."""
     cfg = config or MixingConfig()
     if cfg.assignment not in ASSIGNMENTS:
         from .config import ConfigError
         raise ConfigError(f"mixing.assignment must be one of {ASSIGNMENTS}, got '{cfg.assignment}'")
     coarse, ident, _ = layer_bands(num_ws, resolution)
-    if cfg.identity_layers is not None:
-        ident = sorted(int(i) for i in cfg.identity_layers)
+    explicit = cfg.identity_layers if cfg.identity_layers is not None else generator_band
+    if explicit is not None:
+        ident = sorted(int(i) for i in explicit)
         if not ident or ident[0] < 1 or ident[-1] >= num_ws - 1:
             from .config import ConfigError
-            raise ConfigError(f"mixing.identity_layers {cfg.identity_layers} must lie within 1..{num_ws - 2}")
+            raise ConfigError(f"mixing.identity_layers {list(explicit)} must lie within 1..{num_ws - 2}")
         coarse = list(range(ident[0]))
     if cfg.assignment == "readme":
         return MixPlan(num_ws, tuple(ident), tuple(ident), "readme")

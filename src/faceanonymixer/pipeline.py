@@ -217,7 +217,8 @@ class Protector:
         self.attr = attr_net
         self.model_info["attr_net"] = dict(name=getattr(attr_net, "name", "none"))
         self.resolution = int(self.generator.resolution)
-        self.plan = make_plan(self.generator.num_ws, self.config.mixing, self.resolution)
+        self.plan = make_plan(self.generator.num_ws, self.config.mixing, self.resolution,
+                              getattr(self.generator, "identity_layers", None))
         self._aligner = None
         if self.device.type == "cuda":
             torch.backends.cudnn.deterministic = True

@@ -54,7 +54,7 @@ MIX_A_SEEDS = [0, 1, 2, 3]          # style-mixing grid rows (source A)
 MIX_B_SEEDS = [4, 5, 6, 7, 8]       # style-mixing grid columns (source B)
 BARS = {"detection_rate": (">=", 0.90), "mix_identity_cos": ("<", 0.30), "mix_pose_change": ("<", 0.05),
         "recon_detection_rate": (">=", 0.95), "recon_sface_cos": (">=", 0.50)}
-DEFAULT_MIX = "1-3,3-7,3-6"
+DEFAULT_MIX = "1-5,1-3,3-7"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -553,8 +553,9 @@ class Report:
                 "images": ["samples_grid.png", "style_mixing.png"]}
 
     def default_band(self):
-        from ..mixing import layer_bands
-        _, ident, _ = layer_bands(self.G.num_ws, self.G.resolution)
+        """The pipeline's identity band for this generator (its weights' meta band, else the scaling rule)."""
+        from ..mixing import make_plan
+        ident = make_plan(self.G.num_ws, None, self.G.resolution, getattr(self.G, "identity_layers", None)).key_layers
         return ident[0], ident[-1]
 
     # --- 2. detection rate ----------------------------------------------------------------------------
@@ -631,7 +632,7 @@ class Report:
                          f"displacement (YuNet on {DETECT_SIDE}-px bicubic upscales, mapped to the generator "
                          "frame) / inter-ocular distance of the original")
         lo, hi = self.default_band()
-        out["method_identity_band"] = _fmt_range(range(lo, hi + 1))  # mixing.layer_bands for this generator
+        out["method_identity_band"] = _fmt_range(range(lo, hi + 1))  # mixing.make_plan for this generator
         return out
 
     # --- 4. FD-dlib -----------------------------------------------------------------------------------

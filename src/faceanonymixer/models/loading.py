@@ -146,7 +146,16 @@ def load_generator(path_or_name: str | os.PathLike, device: str | torch.device =
         if not isinstance(config, dict) or "resolution" not in config:
             raise CheckpointFormatError(f"{path}: its config has no generator 'resolution'; expected the "
                                         f"Generator.config dict saved by models.io.save_model")
-        return _build(path, config, state, None, device, "faceanonymixer")
+        G = _build(path, config, state, None, device, "faceanonymixer")
+        from .io import load_meta
+        band = load_meta(path).get("identity_layers")
+        if band is not None:  # the mixing band measured for this model (mixing.make_plan)
+            if not (isinstance(band, list) and band and all(isinstance(i, int) and 1 <= i <= G.num_ws - 2
+                                                             for i in band)):
+                raise CheckpointFormatError(f"{path}: meta.identity_layers must be a list of W+ indices within "
+                                            f"1..{G.num_ws - 2}, got {band!r}")
+            G.identity_layers = sorted(band)
+        return G
     if kind == "pickle":
         from .safe_pickle import extract_network
         sd, init_kwargs = extract_network(path, "G_ema")

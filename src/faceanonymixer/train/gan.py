@@ -56,6 +56,8 @@ class GeneratorTrainConfig:
     amp: bool = True                                # bf16 autocast on CUDA (on CPU it measured 1.5x slower with our ops: fp32 there)
     channels_last: bool = True                      # NHWC memory format
     threads: int | None = None                      # torch CPU threads (None = torch default)
+    identity_layers: list | None = None             # mixing band written into the exported weights' meta
+                                                    # (measured per model: docs/method.md); None = scaling rule
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
     max_images: int | None = None                   # cap on real images (tests)
     init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
@@ -299,8 +301,10 @@ def compute_latent_avg(G: Generator, n: int = 10000, seed: int = 0) -> torch.Ten
     return torch.cat([G.mapping(z[i:i + 1000].to(dev)) for i in range(0, n, 1000)]).mean(0).cpu()
 
 
-def export_generator(checkpoint: str | Path, out_path: str | Path, fp16: bool = True) -> Path:
-    """Write G_ema of a training checkpoint as our safetensors + JSON (with latent_avg set)."""
+def export_generator(checkpoint: str | Path, out_path: str | Path, fp16: bool = True,
+                     identity_layers: list[int] | None = None) -> Path:
+    """Write G_ema of a training checkpoint as our safetensors + JSON (with latent_avg set). The mixing band
+    ``identity_layers`` (else the checkpoint config's) goes into the meta, where the pipeline reads it."""
     from ..models.io import save_model
     st = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = GeneratorTrainConfig(**{k: v for k, v in st["config"].items() if k in
@@ -311,6 +315,9 @@ def export_generator(checkpoint: str | Path, out_path: str | Path, fp16: bool = 
     G.latent_avg.copy_(compute_latent_avg(G))
     meta = dict(kind="stylegan2", trained_images=int(st["images_seen"]), steps=int(st["step"]),
                 data="LFW (train split of people, FFHQ-aligned by faceanonymixer.align)")
+    band = identity_layers if identity_layers is not None else cfg.identity_layers
+    if band is not None:
+        meta["identity_layers"] = sorted(int(i) for i in band)
     save_model(G, out_path, G.config, meta, fp16=fp16)
     return Path(out_path)
 
