@@ -159,8 +159,6 @@ FACE_SELECT = ("single", "largest", "center")
 SINGLE_MIN_AREA = 0.25  # 'single': faces smaller than this fraction of the largest count as background
 
 
-
-
 def select_face(faces: Sequence[Face], image_shape, select: str = "largest", source=None) -> Face:
     """One face out of several. 'single': the largest, provided no other face has >= SINGLE_MIN_AREA of its
     area (else SeveralFacesError naming ``source``: protecting or enrolling the wrong person of a group photo
