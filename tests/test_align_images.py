@@ -289,8 +289,8 @@ def test_select_face_center_vs_largest():
     assert A.select_face([background, subject], (250, 250), "single", source="x.jpg") is subject
 
 
-def test_two_people_photo_is_refused_by_default(photos, tmp_path):
-    """A real photo of two people side by side: the default ('single') names the file, 'largest' picks one."""
+def test_two_people_photo_single_refuses_largest_picks(photos, tmp_path):
+    """A real photo of two people side by side: 'single' (the pipeline default) names the file, 'largest' picks one."""
     by_name = {Path(p).stem: img for p, img, _ in photos}
     a, b = by_name["obama"], by_name["biden"]
     h = min(a.shape[0], b.shape[0])
