@@ -13,7 +13,7 @@ import torch
 
 from faceanonymixer import cli
 from faceanonymixer.errors import KeyFileError
-from faceanonymixer.keys import Key, key_wplus, read_key_file, write_key_file
+from faceanonymixer.keys import Key, key_psi, key_wplus, read_key_file, write_key_file
 from faceanonymixer.models.stylegan2 import Generator
 
 SECRET = bytes(range(32))
@@ -42,6 +42,17 @@ def test_derivation_is_deterministic_and_context_bound():
     # truncation psi=0.7 towards latent_avg
     w = G.mapping(a.z(32))
     assert torch.allclose(w1[0, 0], G.latent_avg + 0.7 * (w[0] - G.latent_avg), atol=1e-6)
+
+
+def test_key_truncation_precedence():
+    """config psi > the generator weights' key_psi (meta) > 0.7 (paper)."""
+    a, G = Key(SECRET), tiny_generator()
+    w = G.mapping(a.z(32))[0]
+    assert key_psi(G) == 0.7 and key_psi(G, 0.5) == 0.5
+    G.key_psi = 1.0                                                   # as load_generator sets it from meta
+    assert key_psi(G) == 1.0 and key_psi(G, 0.7) == 0.7
+    assert torch.allclose(key_wplus(a, G)[0, 0], w, atol=1e-6)       # psi 1: the mapped w itself
+    assert torch.allclose(key_wplus(a, G, psi=0.5)[0, 0], G.latent_avg + 0.5 * (w - G.latent_avg), atol=1e-6)
 
 
 def test_passphrase_is_stretched_deterministically():

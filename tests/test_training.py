@@ -71,16 +71,18 @@ def test_generator_trainer_learns_resumes_exactly_and_exports(tmp_path):
             assert torch.equal(G.state_dict()[k], v), k
     assert config["resolution"] == 32 and G.num_ws == 8
     assert not torch.equal(G.latent_avg, torch.zeros_like(G.latent_avg))
-    assert G.identity_layers is None                     # no band named: the pipeline uses the scaling rule
+    assert G.identity_layers is None and G.key_psi is None  # nothing named: scaling rule, psi 0.7
     banded = load_generator(export_generator(tmp_path / "g" / "checkpoint.pt", tmp_path / "gen2.safetensors",
-                                             fp16=False, identity_layers=[3, 1, 2]))
-    assert banded.identity_layers == [1, 2, 3]
+                                             fp16=False, identity_layers=[3, 1, 2], key_psi=1.0))
+    assert banded.identity_layers == [1, 2, 3] and banded.key_psi == 1.0
     meta_file = tmp_path / "gen2.json"
-    doc = json.loads(meta_file.read_text())
-    doc["meta"]["identity_layers"] = [0, 9]              # outside 1..num_ws-2: refused, naming the file
-    meta_file.write_text(json.dumps(doc))
-    with pytest.raises(CheckpointFormatError, match="gen2.safetensors"):
-        load_generator(tmp_path / "gen2.safetensors")
+    good = json.loads(meta_file.read_text())
+    for field, bad in (("identity_layers", [0, 9]), ("key_psi", -1), ("key_psi", "1.0")):  # refused, naming the file
+        doc = json.loads(json.dumps(good))
+        doc["meta"][field] = bad
+        meta_file.write_text(json.dumps(doc))
+        with pytest.raises(CheckpointFormatError, match=f"gen2.safetensors.*{field}"):
+            load_generator(tmp_path / "gen2.safetensors")
 
 
 def test_encoder_trainer_lowers_reconstruction_loss(tmp_path):

@@ -99,12 +99,23 @@ class Key:
 
 
 @torch.no_grad()
-def key_wplus(key: Key, generator, context: str = DEFAULT_CONTEXT, psi: float = DEFAULT_PSI) -> torch.Tensor:
-    """The key's synthetic code: W+ [1, num_ws, w_dim] on the generator's device (z drawn on the CPU)."""
+def key_psi(generator, psi: float | None = None) -> float:
+    """Truncation of the key's code, first match wins: ``psi`` (the config); the value the generator's weights
+    name (``meta.key_psi``, measured for that model: our embedded 64-px generator, docs/method.md); 0.7 (paper)."""
+    if psi is not None:
+        return float(psi)
+    named = getattr(generator, "key_psi", None)
+    return DEFAULT_PSI if named is None else float(named)
+
+
+@torch.no_grad()
+def key_wplus(key: Key, generator, context: str = DEFAULT_CONTEXT, psi: float | None = None) -> torch.Tensor:
+    """The key's synthetic code: W+ [1, num_ws, w_dim] on the generator's device (z drawn on the CPU).
+    ``psi`` None = the generator's named truncation, else 0.7 (``key_psi``)."""
     dev = generator.latent_avg.device
     z = key.z(generator.z_dim, context).to(dev)
     w = generator.mapping(z)                                   # [1, w_dim]
-    w = generator.truncate(w, psi)
+    w = generator.truncate(w, key_psi(generator, psi))
     assert w.shape == (1, generator.w_dim), tuple(w.shape)
     return w[:, None, :].expand(1, generator.num_ws, generator.w_dim).contiguous()
 

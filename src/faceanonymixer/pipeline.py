@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import config as config_mod
 from .errors import FaceAnonyMixerError, ImageError
-from .keys import DEFAULT_CONTEXT, DEFAULT_PSI, Key, key_wplus
+from .keys import DEFAULT_CONTEXT, Key, key_psi, key_wplus
 from .losses import LossConfig, get_attribute_encoder
 from .mixing import MixingConfig, make_plan
 from .optimize import Group, OptimConfig, optimise, single_image_group
@@ -50,7 +50,8 @@ class ModelsConfig:
 @dataclass
 class KeyConfig:
     context: str = DEFAULT_CONTEXT        # application context mixed into the key derivation
-    psi: float = DEFAULT_PSI              # truncation of the key's code
+    psi: float | None = None              # truncation of the key's code; None = the generator weights' key_psi,
+                                          # else 0.7 (paper; keys.key_psi)
 
 
 @dataclass
@@ -226,7 +227,7 @@ class Protector:
 
     # -- building blocks -----------------------------------------------------------------------------------
     def key_code(self, key: Key) -> torch.Tensor:
-        """The key's W+ code [1,L,D] (config.key.context / psi)."""
+        """The key's W+ code [1,L,D] (config.key.context / psi, see keys.key_psi)."""
         return key_wplus(key, self.generator, self.config.key.context, self.config.key.psi)
 
     def load_face(self, item, source: str | None = None) -> tuple[torch.Tensor, str]:
@@ -346,7 +347,8 @@ class Protector:
         return dict(format="faceanonymixer-protected", version=FORMAT_VERSION, source=Path(result.sources[index]).name,
                     person=result.name, key_fingerprint=result.key_fingerprint,
                     config_hash=config_mod.config_hash(self.config), resolution=self.resolution,
-                    mixing=self.plan.describe(), models=self.model_info, timings=result.timings)
+                    mixing=self.plan.describe(), key_psi=key_psi(self.generator, self.config.key.psi),
+                    models=self.model_info, timings=result.timings)
 
 
 def save_person(result: PersonResult, out_dir, protector: Protector) -> list[Path]:

@@ -148,13 +148,19 @@ def load_generator(path_or_name: str | os.PathLike, device: str | torch.device =
                                         f"Generator.config dict saved by models.io.save_model")
         G = _build(path, config, state, None, device, "faceanonymixer")
         from .io import load_meta
-        band = load_meta(path).get("identity_layers")
+        meta = load_meta(path)
+        band = meta.get("identity_layers")
         if band is not None:  # the mixing band measured for this model (mixing.make_plan)
             if not (isinstance(band, list) and band and all(isinstance(i, int) and 1 <= i <= G.num_ws - 2
                                                              for i in band)):
                 raise CheckpointFormatError(f"{path}: meta.identity_layers must be a list of W+ indices within "
                                             f"1..{G.num_ws - 2}, got {band!r}")
             G.identity_layers = sorted(band)
+        psi = meta.get("key_psi")
+        if psi is not None:  # the key truncation measured for this model (keys.key_psi)
+            if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not 0 < psi <= 1.5:
+                raise CheckpointFormatError(f"{path}: meta.key_psi must be a number in (0, 1.5], got {psi!r}")
+            G.key_psi = float(psi)
         return G
     if kind == "pickle":
         from .safe_pickle import extract_network

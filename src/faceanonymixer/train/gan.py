@@ -58,6 +58,8 @@ class GeneratorTrainConfig:
     threads: int | None = None                      # torch CPU threads (None = torch default)
     identity_layers: list | None = None             # mixing band written into the exported weights' meta
                                                     # (measured per model: docs/method.md); None = scaling rule
+    key_psi: float | None = None                    # key-code truncation written into the exported weights' meta
+                                                    # (measured per model: docs/method.md); None = 0.7
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
     max_images: int | None = None                   # cap on real images (tests)
     init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
@@ -302,9 +304,10 @@ def compute_latent_avg(G: Generator, n: int = 10000, seed: int = 0) -> torch.Ten
 
 
 def export_generator(checkpoint: str | Path, out_path: str | Path, fp16: bool = True,
-                     identity_layers: list[int] | None = None) -> Path:
+                     identity_layers: list[int] | None = None, key_psi: float | None = None) -> Path:
     """Write G_ema of a training checkpoint as our safetensors + JSON (with latent_avg set). The mixing band
-    ``identity_layers`` (else the checkpoint config's) goes into the meta, where the pipeline reads it."""
+    ``identity_layers`` and key truncation ``key_psi`` (else the checkpoint config's) go into the meta, where the
+    pipeline reads them."""
     from ..models.io import save_model
     st = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = GeneratorTrainConfig(**{k: v for k, v in st["config"].items() if k in
@@ -318,6 +321,9 @@ def export_generator(checkpoint: str | Path, out_path: str | Path, fp16: bool = 
     band = identity_layers if identity_layers is not None else cfg.identity_layers
     if band is not None:
         meta["identity_layers"] = sorted(int(i) for i in band)
+    psi = key_psi if key_psi is not None else getattr(cfg, "key_psi", None)
+    if psi is not None:
+        meta["key_psi"] = float(psi)
     save_model(G, out_path, G.config, meta, fp16=fp16)
     return Path(out_path)
 

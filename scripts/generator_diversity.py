@@ -1,0 +1,42 @@
+"""Identity diversity of style generators: mean cosine between the recogniser embeddings of two *unrelated* samples
+(seed s vs seed s+1000), for several truncations. Lower = more distinct identities; real different people at
+64 px score ~0.10 under SFace (docs/reports/model_report.md). Used to decide whether a training run helped.
+
+    python scripts/generator_diversity.py fam-stylegan2-64 runs/new_generator.safetensors [--n 96] [--psi 0.5 0.7 1.0]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from faceanonymixer.eval.models_report import embed_ffhq, seed_ws, synth
+from faceanonymixer.fr import get_recogniser
+from faceanonymixer.models.loading import load_generator
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("generators", nargs="+", help="registry names or weight files")
+    ap.add_argument("--n", type=int, default=96, help="sample pairs per truncation")
+    ap.add_argument("--psi", type=float, nargs="+", default=[0.5, 0.7, 1.0])
+    ap.add_argument("--recognisers", nargs="+", default=["sface", "dlib-resnet"])
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    recs = {name: get_recogniser(name) for name in a.recognisers}
+    print("| generator | psi | " + " | ".join(f"{r} cos" for r in recs) + " |")
+    print("|---|---|" + "---|" * len(recs))
+    for path in a.generators:
+        G = load_generator(path)
+        for psi in a.psi:
+            xa = synth(G, seed_ws(G, range(a.n), psi))
+            xb = synth(G, seed_ws(G, range(1000, 1000 + a.n), psi))
+            cos = [float(torch.nn.functional.cosine_similarity(embed_ffhq(r, xa), embed_ffhq(r, xb), dim=1).mean())
+                   for r in recs.values()]
+            print(f"| {path} | {psi} | " + " | ".join(f"{c:.3f}" for c in cos) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
