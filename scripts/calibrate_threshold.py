@@ -6,6 +6,9 @@ genuine accept rate at that threshold (same person, same key) and the cross-key 
 different keys: what `revoke` relies on).
 
     python scripts/calibrate_threshold.py runs/eval_lfw100/scores.csv --recogniser sface --far 0.01
+
+With ``--write-meta WEIGHTS`` the threshold is stored in that generator's JSON (``meta.verify_thresholds``), where
+`verify` finds it when the config sets no ``workflow.threshold`` (re-calibrate after retraining a generator).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", default="method")
     ap.add_argument("--recogniser", default="sface", help="the workflow's matcher (workflow.matcher)")
     ap.add_argument("--far", type=float, default=0.01)
+    ap.add_argument("--write-meta", metavar="WEIGHTS", help="generator .safetensors whose JSON gets the threshold")
     a = ap.parse_args(argv)
     sc = ScoreSet.from_csv(a.scores)
     imp, gen, cross = (sc.get(a.variant, k, a.recogniser) for k in ("impostor", "genuine", "mated"))
@@ -38,7 +42,22 @@ def main(argv=None) -> int:
     if cross.size:  # same person under two different keys
         res.update(n_cross_key=int(cross.size), cross_key_accept=match_rate(cross, t))
     print(json.dumps(res, indent=1))
+    if a.write_meta:
+        write_threshold(a.write_meta, a.recogniser, res["threshold"])
     return 0
+
+
+def write_threshold(weights: str, recogniser: str, threshold: float) -> None:
+    """Set meta.verify_thresholds[recogniser] in the JSON beside ``weights`` (atomic rewrite)."""
+    import os
+    from pathlib import Path
+    doc_path = Path(weights).with_suffix(".json")
+    doc = json.loads(doc_path.read_text())
+    doc.setdefault("meta", {}).setdefault("verify_thresholds", {})[recogniser] = threshold
+    tmp = doc_path.with_name(doc_path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, doc_path)
+    print(f"wrote meta.verify_thresholds[{recogniser!r}] = {threshold} to {doc_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ def run(config_path=None, overrides=None) -> int:
     from .images import write_png_atomic
     grid = write_png_atomic(out / "grid.png", np.concatenate(rows, 0))
     stats = {k: (round(float(np.mean(v)), 4) if v else None) for k, v in summary.items() if k != "bad_items"}
-    stats.update(threshold=cfg.workflow.threshold, matcher=matcher.name, people=names,
+    from .pipeline import verify_threshold
+    stats.update(threshold=verify_threshold(cfg.workflow.threshold, prot.generator, matcher.name),
+                 matcher=matcher.name, people=names,
                  bad_items=[f"{i}: {m}" for i, m in summary["bad_items"]],
                  key_fingerprints=[k1.fingerprint, k2.fingerprint])
     (out / "summary.json").write_text(json.dumps(stats, indent=1))

@@ -101,10 +101,24 @@ class ProtectConfig:
                                           # 'largest' or 'center' (align.select_face)
 
 
+DEFAULT_THRESHOLD = 0.363                 # OpenCV's SFace cosine threshold for real faces
+
+
+def verify_threshold(cfg_threshold: float | None, generator, matcher: str) -> float:
+    """Decision threshold, first match wins: the config; the threshold the generator's weights name for this
+    matcher (``meta.verify_thresholds``, calibrated on protected faces with scripts/calibrate_threshold.py: faces
+    of a small generator are more alike than real ones); 0.363."""
+    if cfg_threshold is not None:
+        return float(cfg_threshold)
+    named = (getattr(generator, "verify_thresholds", None) or {}).get(matcher)
+    return DEFAULT_THRESHOLD if named is None else float(named)
+
+
 @dataclass
 class WorkflowConfig:
     matcher: str = "sface"                # recogniser the enrol/verify "FR system" uses
-    threshold: float = 0.363              # cosine decision threshold (OpenCV's SFace default)
+    threshold: float | None = None        # cosine decision threshold; None = the value the generator's weights
+                                          # name for the matcher (calibrated), else 0.363 (OpenCV's SFace)
     gallery: str = "gallery.db"
 
 

@@ -194,7 +194,8 @@ def add_verify(p):
     p.add_argument("person", help="claimed person id")
     p.add_argument("probe", help="probe photo")
     p.add_argument("--gallery", help="SQLite gallery (default: workflow.gallery)")
-    p.add_argument("--threshold", type=float, help="cosine threshold (default: workflow.threshold)")
+    p.add_argument("--threshold", type=float, help="cosine threshold (default: workflow.threshold, else the "
+                   "generator's calibrated one, else 0.363)")
     _add_common(p)
 
 
@@ -202,7 +203,6 @@ def run_verify(args) -> int:
     from .gallery import Gallery
     cfg = _config(args)
     key = _key(args)
-    thr = cfg.workflow.threshold if args.threshold is None else args.threshold
     with Gallery(args.gallery or cfg.workflow.gallery) as g:
         tpl = g.templates(args.person)
     if not tpl:
@@ -216,6 +216,9 @@ def run_verify(args) -> int:
     if any(m != matcher.name for _, m, _ in tpl):
         raise FaceAnonyMixerError(f"'{args.person}' was enrolled with another matcher than {matcher.name}")
     e = _embed(matcher, res.results[0].images)[0]
+    from .pipeline import verify_threshold
+    thr = verify_threshold(cfg.workflow.threshold if args.threshold is None else args.threshold, prot.generator,
+                           matcher.name)
     scores = np.stack([t for _, _, t in tpl]) @ e
     score = float(scores.max())
     match = score >= thr

@@ -161,6 +161,14 @@ def load_generator(path_or_name: str | os.PathLike, device: str | torch.device =
             if isinstance(psi, bool) or not isinstance(psi, (int, float)) or not 0 < psi <= 1.5:
                 raise CheckpointFormatError(f"{path}: meta.key_psi must be a number in (0, 1.5], got {psi!r}")
             G.key_psi = float(psi)
+        thr = meta.get("verify_thresholds")
+        if thr is not None:  # verification thresholds calibrated on this model's protected faces (workflow)
+            if not (isinstance(thr, dict) and all(isinstance(k, str) and isinstance(v, (int, float))
+                                                  and not isinstance(v, bool) and -1 <= v <= 1
+                                                  for k, v in thr.items())):
+                raise CheckpointFormatError(f"{path}: meta.verify_thresholds must map matcher names to cosines "
+                                            f"in [-1, 1], got {thr!r}")
+            G.verify_thresholds = {k: float(v) for k, v in thr.items()}
         return G
     if kind == "pickle":
         from .safe_pickle import extract_network

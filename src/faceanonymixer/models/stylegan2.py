@@ -351,6 +351,7 @@ class Generator(nn.Module):
         self.resolution, self.z_dim, self.w_dim, self.n_mlp = resolution, z_dim, w_dim, n_mlp
         self.identity_layers: list[int] | None = None     # mixing band measured for these weights (meta), if any
         self.key_psi: float | None = None                  # key-code truncation measured for these weights (meta)
+        self.verify_thresholds: dict | None = None         # {matcher: cosine} calibrated for these weights (meta)
         self.log_size = log_res
         self.num_ws = 2 * log_res - 2                      # = rosinality n_latent
         self.num_noise = 2 * log_res - 3                   # = rosinality num_layers
