@@ -54,7 +54,7 @@ MIX_A_SEEDS = [0, 1, 2, 3]          # style-mixing grid rows (source A)
 MIX_B_SEEDS = [4, 5, 6, 7, 8]       # style-mixing grid columns (source B)
 BARS = {"detection_rate": (">=", 0.90), "mix_identity_cos": ("<", 0.30), "mix_pose_change": ("<", 0.05),
         "recon_detection_rate": (">=", 0.95), "recon_sface_cos": (">=", 0.50)}
-DEFAULT_MIX = "1-5,1-3,3-7"
+DEFAULT_MIX = "1-6,1-5,1-3,3-7"
 
 
 # ----------------------------------------------------------------------------------------------------------
