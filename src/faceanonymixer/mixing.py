@@ -22,7 +22,7 @@ log-resolution 1/4 (16 px) and 1/2 (64 px):
 This reproduces 0-2 / 3-7 / 8-17 at 1024 px exactly; 256 px (14 layers) gives 0-2 / 3-5 / 6-13; our 64-px
 generator (10 layers) gives 0 / 1-3 / 4-9 (4 px coarse; 8 px and the 16-px upsampling conv carry identity).
 A generator's weights file may name its own band (``meta.identity_layers``, set from measurements: our embedded
-64-px generator uses 1-5, see docs/method.md); an explicit ``MixingConfig.identity_layers`` overrides both.
+64-px generator uses 1-6, see docs/method.md); an explicit ``MixingConfig.identity_layers`` overrides both.
 """
 from __future__ import annotations
 
