@@ -85,6 +85,17 @@ def test_generator_trainer_learns_resumes_exactly_and_exports(tmp_path):
             load_generator(tmp_path / "gen2.safetensors")
 
 
+def test_discriminator_lr_two_time_scale(tmp_path):
+    """d_lr sets D's Adam lr (with the lazy-R1 correction); unset, D uses G's lr."""
+    imgs = _faces(8)
+    c = 2 / 3                                            # r1_every=2: lr * 2/3
+    same = GeneratorTrainer(_gcfg(tmp_path / "a"), images=imgs)
+    ttur = GeneratorTrainer(_gcfg(tmp_path / "b", d_lr=0.005), images=imgs)
+    assert same.opt_D.param_groups[0]["lr"] == pytest.approx(0.0025 * c)
+    assert ttur.opt_D.param_groups[0]["lr"] == pytest.approx(0.005 * c)
+    assert ttur.opt_G.param_groups[0]["lr"] == pytest.approx(0.0025)
+
+
 def test_encoder_trainer_lowers_reconstruction_loss(tmp_path):
     from faceanonymixer.fr import get_recogniser
     from faceanonymixer.models.stylegan2 import Generator

@@ -38,7 +38,8 @@ class GeneratorTrainConfig:
     w_dim: int = 512                                # W size
     n_mlp: int = 8                                  # mapping layers
     batch: int = 32                                 # images per step
-    lr: float = 0.0025                              # Adam lr for G and D
+    lr: float = 0.0025                              # Adam lr for G (and D unless d_lr)
+    d_lr: float | None = None                       # Adam lr for D (None = lr); > lr = two time-scale update
     betas: tuple = (0.0, 0.99)                      # Adam betas
     r1_gamma: float = 0.2                           # R1 weight (small images -> small gamma)
     r1_every: int = 16                              # lazy regularisation interval
@@ -102,7 +103,8 @@ class GeneratorTrainer:
             m.to(self.device, memory_format=mf)
         c = cfg.r1_every / (cfg.r1_every + 1)  # lazy-regularisation correction of lr and betas
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr * c, betas=tuple(b ** c for b in cfg.betas))
+        d_lr = cfg.lr if cfg.d_lr is None else cfg.d_lr
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr * c, betas=tuple(b ** c for b in cfg.betas))
         self.rng = torch.Generator().manual_seed(cfg.seed)  # z, mixing, flips, augmentation, data order
         self.step = 0
         self.images_seen = 0
