@@ -98,7 +98,6 @@ class Key:
         return repr(self)
 
 
-@torch.no_grad()
 def key_psi(generator, psi: float | None = None) -> float:
     """Truncation of the key's code, first match wins: ``psi`` (the config); the value the generator's weights
     name (``meta.key_psi``, measured for that model: our embedded 64-px generator, docs/method.md); 0.7 (paper)."""
