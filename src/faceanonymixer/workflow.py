@@ -5,7 +5,8 @@
   sub-folders = one person per sub-folder; loose files = one person); writes PNG + sidecar JSON per image.
 * ``enrol PERSON IMAGE... --key K --gallery DB``: protected templates (matcher embeddings + protected PNGs).
 * ``verify PERSON PROBE --key K --gallery DB``: protects the probe, prints the best cosine score and the decision
-  at ``workflow.threshold``; exit 0 = match, 1 = no match.
+  at ``workflow.threshold`` (unset: the generator's calibrated one, else 0.363; pipeline.verify_threshold);
+  exit 0 = match, 1 = no match.
 * ``revoke PERSON --gallery DB [--new-key K2 [IMAGE...]]``: deletes the person's templates; with --new-key
   (created if absent) and images, re-enrols under the new key.
 
