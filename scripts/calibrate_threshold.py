@@ -49,15 +49,13 @@ def main(argv=None) -> int:
 
 def write_threshold(weights: str, recogniser: str, threshold: float) -> None:
     """Set meta.verify_thresholds[recogniser] in the JSON beside ``weights`` (atomic rewrite)."""
-    import os
-    from pathlib import Path
-    doc_path = Path(weights).with_suffix(".json")
-    doc = json.loads(doc_path.read_text())
+    from faceanonymixer.fileio import atomic_write
+    from faceanonymixer.models.io import config_path, read_doc
+    doc = read_doc(weights)
     doc.setdefault("meta", {}).setdefault("verify_thresholds", {})[recogniser] = threshold
-    tmp = doc_path.with_name(doc_path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, doc_path)
-    print(f"wrote meta.verify_thresholds[{recogniser!r}] = {threshold} to {doc_path}", file=sys.stderr)
+    path = atomic_write(config_path(weights), lambda f: f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n"),
+                        binary=False)
+    print(f"wrote meta.verify_thresholds[{recogniser!r}] = {threshold} to {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
