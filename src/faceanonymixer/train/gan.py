@@ -61,6 +61,12 @@ class GeneratorTrainConfig:
                                                     # (measured per model: docs/method.md); None = scaling rule
     key_psi: float | None = None                    # key-code truncation written into the exported weights' meta
                                                     # (measured per model: docs/method.md); None = 0.7
+    id_diversity: float = 0.0                       # weight of the identity-diversity term (0 = off): penalises the
+                                                    # recogniser cosine between samples of unrelated z above a margin
+    id_diversity_every: int = 4                     # lazy: every this many steps (the weight is scaled up to match)
+    id_diversity_images: int = 8                    # samples per evaluation of the term (all pairs are used)
+    id_diversity_margin: float = 0.2                # pairs below this cosine cost nothing (real different people: ~0.1)
+    id_net: str = "sface"                           # recogniser of the identity-diversity term
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
     max_images: int | None = None                   # cap on real images (tests)
     init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
@@ -109,6 +115,8 @@ class GeneratorTrainer:
         self.step = 0
         self.images_seen = 0
         self.history: list[dict] = []
+        self.id_net = None                                   # loaded on first use (id_diversity > 0)
+        self._div_stats: dict = {}
         self.real = self._load_data(images)
         self.sample_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(12345))
         self._resume()
@@ -188,10 +196,35 @@ class GeneratorTrainer:
         loss_G.float().backward()
         self.opt_G.step()
         stats["loss_G"] = float(loss_G.detach())
+        if cfg.id_diversity > 0:
+            if self.step % cfg.id_diversity_every == 0:
+                self._div_stats = self._id_diversity_step()
+            stats.update(self._div_stats)                    # last values, so that the sparse log shows them
         self._update_ema()
         self.step += 1
         self.images_seen += cfg.batch
         return stats
+
+    def _id_diversity_step(self) -> dict:
+        """Few-identity collapse is what limits the method (docs/models.md): push the recogniser embeddings of
+        samples with unrelated z apart, hinge at a margin so that real-like spreads cost nothing."""
+        cfg, G = self.cfg, self.G
+        if self.id_net is None:
+            from ..fr import get_recogniser
+            self.id_net = get_recogniser(cfg.id_net, device=str(self.device)).requires_grad_(False)
+        n = cfg.id_diversity_images
+        z = torch.randn(n, cfg.z_dim, generator=self.rng).to(self.device)
+        w = G.mapping(z)
+        x = G.synthesis(w.unsqueeze(1).repeat(1, G.num_ws, 1), noise_mode="random").float()
+        e = self.id_net.embed_ffhq(x.contiguous())                           # [n, D] unit norm
+        assert e.shape[0] == n, e.shape
+        cos = e @ e.t()
+        off = cos[~torch.eye(n, dtype=torch.bool, device=cos.device)]
+        loss = F.relu(off - cfg.id_diversity_margin).mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        (loss * cfg.id_diversity * cfg.id_diversity_every).backward()
+        self.opt_G.step()
+        return dict(id_cos=float(off.detach().mean()), loss_div=float(loss.detach()))
 
     @torch.no_grad()
     def _update_ema(self):
