@@ -162,3 +162,26 @@ def test_attacks_known_answers():
     assert moved.shape == want.shape and not torch.allclose(moved, want, atol=1e-3)
     with pytest.raises(ValueError):
         attacks.run_attack("optimise", x, g, inv, layers)          # needs the key code and a recogniser
+
+
+def test_evaluate_separate_sessions(tiny_data, tmp_path):
+    """sessions=separate protects every image alone (as enrol/verify do): one cache file per image and role, a
+    cache key of its own, other images than the joint protocol; a bad value is refused."""
+    import numpy as np
+    over = [f"data={tiny_data}", "variants=[method]", "recognisers=[sface]", "attacks.names=[]",
+            "protect.optim.steps=2", "threads=2", "n_impostor=1000", "grid_people=2", "split=null"]
+    models = _tiny_models()
+    joint = ev.evaluate(ev.load_config(CONFIG, over + [f"out={tmp_path / 'j'}"]), models=models)
+    sep = ev.evaluate(ev.load_config(CONFIG, over + [f"out={tmp_path / 's'}", "sessions=separate"]), models=models)
+    assert joint["sessions"] == "joint" and sep["sessions"] == "separate"
+    (cj,) = [p for p in (tmp_path / "j" / "cache").iterdir() if p.name.startswith("method_")]
+    (cs,) = [p for p in (tmp_path / "s" / "cache").iterdir() if p.name.startswith("method_")]
+    assert cj.name != cs.name                                   # separate sessions hash differently
+    obama = sorted(p.name for p in cs.glob("Barack_Obama.k1.*.npz"))
+    assert obama == ["Barack_Obama.k1.s0.npz", "Barack_Obama.k1.s1.npz", "Barack_Obama.k1.s2.npz"]
+    alone = [np.load(cs / n)["images"] for n in obama]
+    assert all(a.shape[0] == 1 for a in alone)
+    together = np.load(cj / "Barack_Obama.k1.npz")["images"]
+    assert together.shape[0] == 3 and not np.array_equal(np.concatenate(alone), together)
+    with pytest.raises(Exception, match="sessions"):
+        ev.load_config(CONFIG, over + ["sessions=both"])

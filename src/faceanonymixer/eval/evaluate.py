@@ -62,7 +62,9 @@ class EvalConfig:
     attacks: AttackConfig = field(default_factory=AttackConfig)
     attack_recogniser: str = "auto"           # white-box net of the 'optimise' attack; auto = the method's loss network
     fid_inception: str | None = None          # Inception-v3 FID weights (official file); None = registry lookup
-    people_per_batch: int = 8                 # people protected together in one batched pass
+    sessions: str = "joint"                   # joint: a person's images optimised together (paper); separate: each
+                                              # image alone, as enrol/verify protect them in deployment
+    people_per_batch: int = 8                 # protection sessions run together in one batched pass
     device: str = "cpu"
     grid_people: int = 4
     threads: int = 0                          # torch threads (0 = leave as is)
@@ -81,6 +83,8 @@ def load_config(path=None, overrides=None) -> EvalConfig:
     bad = [a for a in selected_attacks(cfg) if a not in ATTACKS]
     if bad:
         raise cfgmod.ConfigError(f"unknown attack(s) {bad}; valid: {list(ATTACKS)}")
+    if cfg.sessions not in ("joint", "separate"):
+        raise cfgmod.ConfigError(f"sessions must be 'joint' or 'separate', got '{cfg.sessions}'")
     if cfg.main_variant not in cfg.variants:
         raise cfgmod.ConfigError(f"main_variant '{cfg.main_variant}' is not in variants {cfg.variants}")
     return cfg
@@ -313,6 +317,8 @@ def variant_hash(cfg: EvalConfig, variant: str, resolution: int, model_digests: 
             pc["mixing"]["assignment"] = "code"
         spec["protect"] = pc if variant in KEYED else {"models": pc["models"], "refine": pc["refine"]}
         spec["weights"] = _weights_stamp(cfg)
+        if variant in KEYED and cfg.sessions != "joint":   # joint keeps the hash (and caches) of earlier runs
+            spec["sessions"] = cfg.sessions
     if variant == "blur":
         spec["sigma"] = cfg.blur_sigma
     if variant == "pixelate":
@@ -449,47 +455,53 @@ def protect_variant(variant: str, cfg: EvalConfig, ds: Dataset, pairs: Pairs, ff
         # keyless: "the impostor under the victim's key" is just the impostor's transformed image
         return {"k1": out, "k2": out, "stolen": out, "stolen_row": pairs.stolen[:, 1].copy()}
 
-    # keyed: jobs = (person index, role, item indices, key)
+    # keyed: jobs = (person index, role, item indices, key, cache tag)
     stolen_items = {}  # victim -> sorted unique impostor items
     for (a, b), s in zip(pairs.stolen.tolist(), pairs.stolen_victim.tolist()):
         stolen_items.setdefault(s, set()).add(b)
-    jobs = []
+    groups = []        # (person, role, items, key): one protection session each
     for p in range(n_people):
         for role in ("k1", "k2"):
-            jobs.append((p, role, by_person[p].tolist(), eval_key(cfg.seed, ds.people[p], role)))
+            groups.append((p, role, by_person[p].tolist(), eval_key(cfg.seed, ds.people[p], role)))
         if p in stolen_items:
-            jobs.append((p, "stolen", sorted(stolen_items[p]), eval_key(cfg.seed, ds.people[p], "k1")))
-    results: dict = {}
+            groups.append((p, "stolen", sorted(stolen_items[p]), eval_key(cfg.seed, ds.people[p], "k1")))
+    if cfg.sessions == "separate":   # every image alone, as `verify` protects a probe (augmented copies)
+        jobs = [(p, role, [i], k, f"{role}.s{j}") for p, role, items, k in groups for j, i in enumerate(items)]
+    else:
+        jobs = [(p, role, items, k, role) for p, role, items, k in groups]
+    results: dict = {}  # (person, role) -> {item: image}
     todo = []
     for j in jobs:
-        p, role, items, _ = j
-        got = cache.get(ds.people[p], role, [ds.items[i] for i in items])
+        p, role, items, _, tag = j
+        got = cache.get(ds.people[p], tag, [ds.items[i] for i in items])
         if got is not None:
-            results[(p, role)] = from_uint8(got)
+            results.setdefault((p, role), {}).update(zip(items, from_uint8(got)))
         else:
             todo.append(j)
     bs = max(1, cfg.people_per_batch)
     if todo:
-        log.info("%s: protecting %d groups (%d cached)", variant, len(todo), len(jobs) - len(todo))
+        log.info("%s: protecting %d groups (%d cached, sessions %s)", variant, len(todo), len(jobs) - len(todo),
+                 cfg.sessions)
     for s in tqdm(range(0, len(todo), bs), desc=f"protect {variant}", unit="batch", file=sys.stderr):
         chunk = todo[s:s + bs]
-        outs = method.protect(variant, [ffhq[items] for _, _, items, _ in chunk], [k for *_, k in chunk])
-        for (p, role, items, _), o in zip(chunk, outs):
+        outs = method.protect(variant, [ffhq[items] for _, _, items, _, _ in chunk], [j[3] for j in chunk])
+        for (p, role, items, _, tag), o in zip(chunk, outs):
             u8 = to_uint8(o)
-            cache.put(ds.people[p], role, [ds.items[i] for i in items], u8)
-            results[(p, role)] = from_uint8(u8)
+            cache.put(ds.people[p], tag, [ds.items[i] for i in items], u8)
+            results.setdefault((p, role), {}).update(zip(items, from_uint8(u8)))
     res = {}
     for role in ("k1", "k2"):
         t = torch.empty_like(ffhq)
         for p in range(n_people):
-            t[by_person[p]] = results[(p, role)]
+            for i in by_person[p].tolist():
+                t[i] = results[(p, role)][i]
         res[role] = t
     # unique stolen-key images (victim, impostor item) and, per stolen pair, its row among them
     rows, imgs, stolen_row = {}, [], []
     for (a, b), s in zip(pairs.stolen.tolist(), pairs.stolen_victim.tolist()):
         if (s, b) not in rows:
             rows[(s, b)] = len(imgs)
-            imgs.append(results[(s, "stolen")][sorted(stolen_items[s]).index(b)])
+            imgs.append(results[(s, "stolen")][b])
         stolen_row.append(rows[(s, b)])
     res["stolen"] = torch.stack(imgs) if imgs else ffhq[:0].clone()
     res["stolen_row"] = np.asarray(stolen_row, dtype=np.int64)
@@ -806,6 +818,7 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
                                attack_names, extra={"quality": quality, "attributes": attributes},
                                config_hash=chash, seed=cfg.seed, counts=counts)
     metrics["data"] = {"root": str(cfg.data), "pairs": cfg.pairs, "dropped": dropped}
+    metrics["sessions"] = cfg.sessions
     metrics["loss_network"], metrics["attack_network"] = loss_net, attack_net if attack_names else None
     metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     if method is not None:
@@ -823,6 +836,9 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
             cells = [cells[0], None, cells[1], None, cells[2]]
         grid_rows.append({"label": ds.people[p][:18], "images": cells})
     notes = [f"{len(dropped)} image(s) dropped (no face found)" if dropped else "every image had a face",
+             "protection sessions: " + ("each image protected alone (separate sessions, as enrol/verify do)"
+                                        if cfg.sessions == "separate" else
+                                        "a person's images optimised jointly under one key (paper)"),
              "thresholds: PSR and attacks use the clean (unprotected) impostor distribution; revocability and "
              "stolen key use the protected system's own impostor distribution at the operating FMR",
              f"TAR@FAR is listed only where n_impostor x FAR >= 1 (n_impostor = {len(pairs.impostor)})"]
