@@ -185,3 +185,16 @@ def test_compact_resume_file_continues_training(tmp_path):
     for k, v in tr.D.state_dict().items():
         assert torch.allclose(tr2.D.state_dict()[k], v, atol=1e-2, rtol=1e-2), k
     tr2.train_step()  # and it trains
+    # with_ema: the run's own G_ema travels in the file and wins over init_ema
+    with torch.no_grad():
+        for p in tr.G_ema.parameters():
+            p.add_(0.5)                                   # make it differ from gen.safetensors' G_ema
+    ck = tr.save_checkpoint()
+    res2 = export_resume(ck, tmp_path / "resume_ema.safetensors", with_ema=True)
+    assert res2.stat().st_size > res.stat().st_size
+    cfg3 = _gcfg(tmp_path, total_kimg=1)
+    cfg3.out, cfg3.init_from, cfg3.init_ema = str(tmp_path / "g3"), str(res2), str(gen)
+    tr3 = GeneratorTrainer(cfg3, images=imgs)
+    for k, v in tr.G_ema.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(tr3.G_ema.state_dict()[k], v, atol=1e-2, rtol=1e-2), k

@@ -72,6 +72,7 @@ class GeneratorTrainConfig:
     init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
                                                     # export_resume) and G_ema from `init_ema`; Adam moments restart
     init_ema: str = "fam-stylegan2-64"              # generator weights (registry name or file) used as G_ema with init_from
+                                                    # when the resume file has no G_ema of its own
 
 
 def resolve_device(name: str) -> torch.device:
@@ -280,7 +281,11 @@ class GeneratorTrainer:
         meta = load_meta(path)
         self.G.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("G.")})
         self.D.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("D.")})
-        self.G_ema.load_state_dict(load_generator(self.cfg.init_ema).state_dict())
+        ema = {k[6:]: v for k, v in state.items() if k.startswith("G_ema.")}
+        if ema:                                      # the file's own EMA (export_resume(with_ema=True))
+            self.G_ema.load_state_dict(ema)
+        else:
+            self.G_ema.load_state_dict(load_generator(self.cfg.init_ema).state_dict())
         self.step, self.images_seen = int(meta.get("steps", 0)), int(meta.get("trained_images", 0))
         log.info("initialised from %s at %.1f kimg (optimiser moments restart)", path, self.images_seen / 1000)
 
@@ -363,12 +368,16 @@ def export_generator(checkpoint: str | Path, out_path: str | Path, fp16: bool = 
     return Path(out_path)
 
 
-def export_resume(checkpoint: str | Path, out_path: str | Path) -> Path:
+def export_resume(checkpoint: str | Path, out_path: str | Path, with_ema: bool = False) -> Path:
     """Compact resume file (fp16 G + D, ~16 MB) to commit beside the shipped G_ema, so a later session (or a GPU
-    run) can continue training with ``init_from``; the full checkpoint.pt (with Adam moments) is ~120 MB."""
+    run) can continue training with ``init_from``; the full checkpoint.pt (with Adam moments) is ~120 MB.
+    ``with_ema`` adds the run's own G_ema (+11 MB): needed when the shipped generator is not this run's G_ema
+    (an EMA restarted from another trajectory blends two generators' weights)."""
     from ..models.io import save_model
     st = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = {f"G.{k}": v for k, v in st["G"].items()} | {f"D.{k}": v for k, v in st["D"].items()}
+    if with_ema:
+        state |= {f"G_ema.{k}": v for k, v in st["G_ema"].items()}
     meta = dict(kind="stylegan2-resume", trained_images=int(st["images_seen"]), steps=int(st["step"]))
     save_model(state, out_path, st["config"], meta, fp16=True)
     return Path(out_path)
