@@ -6,9 +6,8 @@ calibrated `verify` threshold), to compare `sessions: joint` with `sessions: sep
 from __future__ import annotations
 
 import argparse
-import csv
 
-import numpy as np
+from faceanonymixer.eval.report import ScoreSet
 
 
 def main(argv=None) -> int:
@@ -22,13 +21,8 @@ def main(argv=None) -> int:
           f"| stolen key >= {a.threshold} | k1-vs-k2 >= {a.threshold} |")
     print("|---|---|---|---|---|---|---|")
     for path in a.scores:
-        by: dict[str, list[float]] = {}
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                if r["variant"] == a.variant and r["recogniser"] == a.recogniser:
-                    by.setdefault(r["kind"], []).append(float(r["score"]))
-        g, i = np.asarray(by.get("genuine", [])), np.asarray(by.get("impostor", []))
-        s, m = np.asarray(by.get("stolen_key", [])), np.asarray(by.get("mated", []))
+        sc = ScoreSet.from_csv(path)
+        g, i, s, m = (sc.get(a.variant, kind, a.recogniser) for kind in ("genuine", "impostor", "stolen_key", "mated"))
         if not g.size or not i.size:
             raise SystemExit(f"{path}: no {a.variant}/{a.recogniser} genuine or impostor scores")
 
