@@ -183,5 +183,6 @@ def test_evaluate_separate_sessions(tiny_data, tmp_path):
     assert all(a.shape[0] == 1 for a in alone)
     together = np.load(cj / "Barack_Obama.k1.npz")["images"]
     assert together.shape[0] == 3 and not np.array_equal(np.concatenate(alone), together)
-    with pytest.raises(Exception, match="sessions"):
+    from faceanonymixer.config import ConfigError
+    with pytest.raises(ConfigError, match="sessions"):
         ev.load_config(CONFIG, over + ["sessions=both"])
