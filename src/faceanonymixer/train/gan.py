@@ -66,7 +66,18 @@ class GeneratorTrainConfig:
     id_diversity_every: int = 4                     # lazy: every this many steps (the weight is scaled up to match)
     id_diversity_images: int = 8                    # samples per evaluation of the term (all pairs are used)
     id_diversity_margin: float = 0.2                # pairs below this cosine cost nothing (real different people: ~0.1)
-    id_net: str = "sface"                           # recogniser of the identity-diversity term
+    id_net: str = "sface"                           # recogniser of the identity-diversity and identity-band terms
+    id_band: float = 0.0                            # weight of the identity-band term (0 = off): penalises the recogniser
+                                                    # cosine between a sample and the same sample with its mixing band
+                                                    # taken from an unrelated z, so identity lives in the band
+    id_band_layers: list | None = None              # band of that term; None = identity_layers, else the scaling rule
+    id_band_margin: float = 0.1                     # band-swapped pairs below this cosine cost nothing
+    id_noise: str = "random"                        # noise of the recogniser terms' samples: 'const' makes w alone carry
+                                                    # identity (random noise alone moved SFace cos to 0.53, docs/models.md)
+    id_band_psi: float = 1.0                        # truncation of both codes of that term (the model report measures
+                                                    # the band at psi 0.7, where samples are more alike)
+    id_band_pose: float = 0.0                       # weight keeping the band swap's coarse layout: MSE of the 8x8
+                                                    # standardised grey images of sample and swap (pose proxy)
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
     max_images: int | None = None                   # cap on real images (tests)
     init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
@@ -120,6 +131,7 @@ class GeneratorTrainer:
         self._div_stats: dict = {}
         self.real = self._load_data(images)
         self.sample_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(12345))
+        self._avg_z = torch.randn(512, cfg.z_dim, generator=torch.Generator().manual_seed(1))  # w_avg estimate (id_band_psi)
         self._resume()
 
     # --- data ---------------------------------------------------------------------------------------
@@ -197,18 +209,32 @@ class GeneratorTrainer:
         loss_G.float().backward()
         self.opt_G.step()
         stats["loss_G"] = float(loss_G.detach())
-        if cfg.id_diversity > 0:
+        if cfg.id_diversity > 0 or cfg.id_band > 0:
             if self.step % cfg.id_diversity_every == 0:
-                self._div_stats = self._id_diversity_step()
+                self._div_stats = self._identity_step()
             stats.update(self._div_stats)                    # last values, so that the sparse log shows them
         self._update_ema()
         self.step += 1
         self.images_seen += cfg.batch
         return stats
 
-    def _id_diversity_step(self) -> dict:
-        """Few-identity collapse is what limits the method (docs/models.md): push the recogniser embeddings of
-        samples with unrelated z apart, hinge at a margin so that real-like spreads cost nothing."""
+    def _band_layers(self) -> list[int]:
+        cfg = self.cfg
+        band = cfg.id_band_layers if cfg.id_band_layers is not None else cfg.identity_layers
+        if band is None:
+            from ..mixing import layer_bands
+            band = layer_bands(self.G.num_ws, cfg.resolution)[1]
+        band = sorted(int(i) for i in band)
+        assert band and 0 <= band[0] and band[-1] < self.G.num_ws, band
+        return band
+
+    def _identity_step(self) -> dict:
+        """Recogniser terms on G, every ``id_diversity_every`` steps (weights scaled up to match).
+        Diversity: few-identity collapse limits the method (docs/models.md), so the embeddings of samples with
+        unrelated z are pushed apart, hinged at a margin so that real-like spreads cost nothing.
+        Band: the method swaps only the mixing band for the key's, so identity must live there: the cosine of
+        a sample and its band-swapped copy is pushed below a margin; the optional pose term keeps the swap's
+        coarse layout (8x8 standardised grey image) so that pose stays with the layers outside the band."""
         cfg, G = self.cfg, self.G
         if self.id_net is None:
             from ..fr import get_recogniser
@@ -216,16 +242,44 @@ class GeneratorTrainer:
         n = cfg.id_diversity_images
         z = torch.randn(n, cfg.z_dim, generator=self.rng).to(self.device)
         w = G.mapping(z)
-        x = G.synthesis(w.unsqueeze(1).repeat(1, G.num_ws, 1), noise_mode="random").float()
+        ws = w.unsqueeze(1).repeat(1, G.num_ws, 1)
+        x = G.synthesis(ws, noise_mode=cfg.id_noise).float()
         e = self.id_net.embed_ffhq(x.contiguous())                           # [n, D] unit norm
         assert e.shape[0] == n, e.shape
-        cos = e @ e.t()
-        off = cos[~torch.eye(n, dtype=torch.bool, device=cos.device)]
-        loss = F.relu(off - cfg.id_diversity_margin).mean()
+        stats, loss = {}, x.new_zeros(())
+        if cfg.id_diversity > 0:
+            cos = e @ e.t()
+            off = cos[~torch.eye(n, dtype=torch.bool, device=cos.device)]
+            div = F.relu(off - cfg.id_diversity_margin).mean()
+            loss = loss + div * cfg.id_diversity
+            stats.update(id_cos=float(off.detach().mean()), loss_div=float(div.detach()))
+        if cfg.id_band > 0:
+            band = self._band_layers()
+            if cfg.id_band_psi != 1.0:
+                with torch.no_grad():                                        # fixed z: no draw from self.rng
+                    w_avg = G.mapping(self._avg_z.to(self.device)).mean(0)
+                w_t = w_avg + cfg.id_band_psi * (w - w_avg)
+                ws = w_t.unsqueeze(1).repeat(1, G.num_ws, 1)
+                x = G.synthesis(ws, noise_mode=cfg.id_noise).float()
+                e = self.id_net.embed_ffhq(x.contiguous())
+            else:
+                w_t = w
+            ws_b = ws.clone()
+            ws_b[:, band] = w_t.roll(1, dims=0).unsqueeze(1).expand(-1, len(band), -1)  # band of an unrelated z
+            x_b = G.synthesis(ws_b, noise_mode=cfg.id_noise).float()
+            e_b = self.id_net.embed_ffhq(x_b.contiguous())                   # [n, D]
+            cos_b = (e * e_b).sum(-1)                                        # [n]
+            bl = F.relu(cos_b - cfg.id_band_margin).mean()
+            loss = loss + bl * cfg.id_band
+            stats.update(band_cos=float(cos_b.detach().mean()), loss_band=float(bl.detach()))
+            if cfg.id_band_pose > 0:
+                pose = F.mse_loss(_layout(x_b), _layout(x))
+                loss = loss + pose * cfg.id_band_pose
+                stats.update(band_pose=float(pose.detach()))
         self.opt_G.zero_grad(set_to_none=True)
-        (loss * cfg.id_diversity * cfg.id_diversity_every).backward()
+        (loss * cfg.id_diversity_every).backward()
         self.opt_G.step()
-        return dict(id_cos=float(off.detach().mean()), loss_div=float(loss.detach()))
+        return stats
 
     @torch.no_grad()
     def _update_ema(self):
@@ -381,6 +435,13 @@ def export_resume(checkpoint: str | Path, out_path: str | Path, with_ema: bool =
     meta = dict(kind="stylegan2-resume", trained_images=int(st["images_seen"]), steps=int(st["step"]))
     save_model(state, out_path, st["config"], meta, fp16=True)
     return Path(out_path)
+
+
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    """Coarse layout of images x[N,3,R,R]: grey, 8x8 area average, standardised per image -> [N,64]; colour and
+    brightness drop out, face position and head pose stay."""
+    g = F.adaptive_avg_pool2d(x.mean(1, keepdim=True), 8).flatten(1)
+    return (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)
 
 
 def _stop_on_sigterm() -> list:
