@@ -242,12 +242,16 @@ class GeneratorTrainer:
         n = cfg.id_diversity_images
         z = torch.randn(n, cfg.z_dim, generator=self.rng).to(self.device)
         w = G.mapping(z)
+
+        def embed(ws):                                                       # ws [n,L,D] -> x [n,3,R,R], e [n,E]
+            x = G.synthesis(ws, noise_mode=cfg.id_noise).float()
+            e = self.id_net.embed_ffhq(x.contiguous())                       # unit norm
+            assert e.shape[0] == n, e.shape
+            return x, e
+        stats, loss = {}, w.new_zeros(())
         ws = w.unsqueeze(1).repeat(1, G.num_ws, 1)
-        x = G.synthesis(ws, noise_mode=cfg.id_noise).float()
-        e = self.id_net.embed_ffhq(x.contiguous())                           # [n, D] unit norm
-        assert e.shape[0] == n, e.shape
-        stats, loss = {}, x.new_zeros(())
         if cfg.id_diversity > 0:
+            x, e = embed(ws)
             cos = e @ e.t()
             off = cos[~torch.eye(n, dtype=torch.bool, device=cos.device)]
             div = F.relu(off - cfg.id_diversity_margin).mean()
@@ -255,19 +259,17 @@ class GeneratorTrainer:
             stats.update(id_cos=float(off.detach().mean()), loss_div=float(div.detach()))
         if cfg.id_band > 0:
             band = self._band_layers()
+            w_t = w
             if cfg.id_band_psi != 1.0:
                 with torch.no_grad():                                        # fixed z: no draw from self.rng
                     w_avg = G.mapping(self._avg_z.to(self.device)).mean(0)
                 w_t = w_avg + cfg.id_band_psi * (w - w_avg)
                 ws = w_t.unsqueeze(1).repeat(1, G.num_ws, 1)
-                x = G.synthesis(ws, noise_mode=cfg.id_noise).float()
-                e = self.id_net.embed_ffhq(x.contiguous())
-            else:
-                w_t = w
+            if cfg.id_band_psi != 1.0 or cfg.id_diversity <= 0:
+                x, e = embed(ws)
             ws_b = ws.clone()
             ws_b[:, band] = w_t.roll(1, dims=0).unsqueeze(1).expand(-1, len(band), -1)  # band of an unrelated z
-            x_b = G.synthesis(ws_b, noise_mode=cfg.id_noise).float()
-            e_b = self.id_net.embed_ffhq(x_b.contiguous())                   # [n, D]
+            x_b, e_b = embed(ws_b)
             cos_b = (e * e_b).sum(-1)                                        # [n]
             bl = F.relu(cos_b - cfg.id_band_margin).mean()
             loss = loss + bl * cfg.id_band
