@@ -13,7 +13,7 @@ from faceanonymixer.losses import (LossConfig, anonymity_loss, attribute_loss, g
                                    identity_consistency_loss, separation_loss)
 from faceanonymixer.mixing import MixedLatent, MixingConfig, layer_bands, make_plan, mix
 from faceanonymixer.models.stylegan2 import Generator
-from faceanonymixer.optimize import Group, OptimConfig, optimise
+from faceanonymixer.optimize import Group, OptimConfig, anchor_loss, optimise
 
 
 def test_layer_bands_reproduce_paper_and_scale():
@@ -134,3 +134,34 @@ def test_attribute_encoder_and_loss():
     assert get_attribute_encoder("none") is None
     with pytest.raises(FaceAnonyMixerError, match="not yet supported"):
         get_attribute_encoder("farl-vit-b16")
+
+
+def test_anchor_loss_and_its_effect_on_drift():
+    mask = torch.tensor([False, True, True, False])
+    w0 = torch.zeros(3, 4, 2)
+    lat = MixedLatent(w0, mask)
+    with torch.no_grad():
+        lat.param[0] += 1.0          # member 0 (person 0) drifts by 1 everywhere; member 1 (person 0) stays
+        lat.param[2, 0, 0] = 2.0     # member 2 (person 1): one of 4 entries drifts by 2
+    l = anchor_loss(lat, torch.tensor([0, 0, 1]), 2)
+    assert torch.allclose(l, torch.tensor([0.5, 1.0]))        # per-person mean of per-member mean square
+    assert LossConfig().w_anchor == 0.0                        # off by default (the paper has no such term)
+    # on a real optimisation the anchor bounds how far the optimised layers move from the key code
+    torch.manual_seed(0)
+    G = Generator(resolution=32, z_dim=32, w_dim=32, n_mlp=2, channels={4: 8, 8: 8, 16: 8, 32: 8}).eval()
+    G.compute_latent_avg(500)
+    plan = make_plan(G.num_ws, MixingConfig("readme"))
+    w_real = G.truncate(G.mapping(torch.randn(2, 32)), 0.7)[:, None].repeat(1, G.num_ws, 1).detach()
+    x = G.synthesis(w_real).clamp(-1, 1).detach()
+    w_key = key_wplus(Key(bytes(32)), G)
+    sface = get_recogniser("sface")
+    opt = list(plan.optimised_layers)
+
+    def drift(w_anchor):
+        res = optimise(G, sface, None, [Group(x, w_real, w_key)], plan,
+                       LossConfig(w_attr=0, w_anchor=w_anchor), OptimConfig(steps=8, lr=0.05))
+        return (res.ws[0][:, opt] - w_key[:, opt]).pow(2).mean().item(), res.history
+    free, _ = drift(0.0)
+    held, hist = drift(1000.0)
+    assert held < 0.5 * free, (free, held)
+    assert "anchor" in hist[0]

@@ -148,6 +148,7 @@ def test_model_report_on_tiny_models(setup):
     n_a = rep["real_data"]["set_a"]["n_images"]
     assert enc["sface_cos"]["n"] == enc["psnr_db"]["n"] == enc["ssim"]["n"] == n_a >= 1
     assert -1 <= enc["sface_cos"]["value"] <= 1 and -1 <= enc["ssim"]["value"] < 1  # random encoder: not 1
+    assert enc["faceplugin_cos"]["n"] == n_a and -1 <= enc["faceplugin_cos"]["value"] <= 1   # the independent check
     assert nums[".sections.encoder.psnr_db"]["value"] > 0
     ref = S["encoder_refined"]
     assert ref["steps"] == 3 and ref["psnr_db"]["n"] == min(4, n_a) and ref["psnr_db"]["value"] > 0

@@ -43,6 +43,8 @@ class LossConfig:
     w_sep: float = 0.0             # cross-key separation weight (0 = off, the paper's setting)
     sep_decoys: int = 4            # decoy keys for L_sep
     sep_margin: float = 0.0
+    w_anchor: float = 0.0          # key-anchor weight: mean squared drift of the optimised layers from their start
+                                   # (0 = off, the paper); for lone probes (docs/method.md, "Known limits")
 
 
 # -- the loss terms (pure functions on embeddings / features) ---------------------------------------------

@@ -742,20 +742,27 @@ class Report:
         es_x, es_y = embed_ffhq(sface, x), embed_ffhq(sface, y)
         cos_s = F.cosine_similarity(es_x, es_y, dim=1).numpy()
         cos_d = F.cosine_similarity(embed_ffhq(dlib, x), embed_ffhq(dlib, y), dim=1).numpy()
+        # a recogniser that is in no loss and feeds no encoder: the independent check of the SFace number
+        fp = self.rec("faceplugin-fr")
+        ef_x, ef_y = embed_ffhq(fp, x), embed_ffhq(fp, y)
+        cos_f = F.cosine_similarity(ef_x, ef_y, dim=1).numpy()
         # context: original vs another person's original (what an unrelated face scores)
         persons = np.array(self.real_a.person)[:n]
         j = np.roll(np.arange(n), 1)
         other = persons != persons[j]
         imp = F.cosine_similarity(es_x, es_x[j], dim=1).numpy()[other]
+        imp_f = F.cosine_similarity(ef_x, ef_x[j], dim=1).numpy()[other]
         x01, y01 = (x + 1) / 2, (y + 1) / 2
         out = {"resolution": G.resolution,
                "recon_detection_rate": with_bar(metric(dr.rate, n), "recon_detection_rate"),
                "sface_cos": with_bar(mean_metric(cos_s, "reconstructions"), "recon_sface_cos"),
                "dlib_cos": mean_metric(cos_d, "reconstructions"),
+               "faceplugin_cos": mean_metric(cos_f, "reconstructions"),
                "psnr_db": mean_metric(psnr(x01, y01).numpy(), "reconstructions"),
                "ssim": (mean_metric(ssim(x01, y01).numpy(), "reconstructions") if G.resolution >= 11 else
                         metric(None, n, "SSIM needs at least 11x11 pixels")),
                "context_sface_cos_other_person": mean_metric(imp, "pairs of different people"),
+               "context_faceplugin_cos_other_person": mean_metric(imp_f, "pairs of different people"),
                "ssim_definition": "11x11 Gaussian window, sigma 1.5, per RGB channel on [0,1], mean over channels "
                                   "and valid window positions, K1=0.01, K2=0.03"}
         return out
@@ -883,15 +890,22 @@ def markdown(d: dict) -> str:
         add("encoder: reconstructions detected as a face", enc["recon_detection_rate"], pct=True)
         add("encoder: SFace cos(aligned original, reconstruction)", enc["sface_cos"])
         add("encoder: dlib cos(aligned original, reconstruction)", enc["dlib_cos"])
+        if "faceplugin_cos" in enc:
+            add("encoder: faceplugin-fr cos(aligned original, reconstruction) (in no loss)", enc["faceplugin_cos"])
         add(f"encoder: PSNR at {enc['resolution']} px (dB)", enc["psnr_db"], digits=2)
         add(f"encoder: SSIM at {enc['resolution']} px", enc["ssim"])
         add("context: SFace cos between two different people's originals", enc["context_sface_cos_other_person"])
+        if "context_faceplugin_cos_other_person" in enc:
+            add("context: faceplugin-fr cos between two different people's originals",
+                enc["context_faceplugin_cos_other_person"])
     ref = S.get("encoder_refined", {})
     if ref.get("status") == "ok":
         tag = f"encoder + {ref['steps']}-step refinement (lr {ref['lr']:g})"
         add(f"{tag}: detected as a face", ref["recon_detection_rate"], pct=True)
         add(f"{tag}: SFace cos(original, reconstruction)", ref["sface_cos"])
         add(f"{tag}: dlib cos(original, reconstruction)", ref["dlib_cos"])
+        if "faceplugin_cos" in ref:
+            add(f"{tag}: faceplugin-fr cos(original, reconstruction)", ref["faceplugin_cos"])
         add(f"{tag}: PSNR at {ref['resolution']} px (dB)", ref["psnr_db"], digits=2)
         add(f"{tag}: SSIM at {ref['resolution']} px", ref["ssim"])
     mx = S.get("mixing", {})
