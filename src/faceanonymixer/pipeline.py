@@ -120,6 +120,8 @@ class WorkflowConfig:
     threshold: float | None = None        # cosine decision threshold; None = the value the generator's weights
                                           # name for the matcher (calibrated), else 0.363 (OpenCV's SFace)
     gallery: str = "gallery.db"
+    w_anchor: float | None = 10000.0      # key anchor (loss.w_anchor) for enrol/verify/revoke, which protect a probe
+                                          # alone; None = protect.loss.w_anchor (0, the paper). docs/method.md
 
 
 @dataclass

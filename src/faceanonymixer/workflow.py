@@ -63,8 +63,13 @@ def _protector(args, cfg):
     prot = getattr(args, "protector", None)   # a preloaded Protector (Python callers, tests)
     if prot is not None:
         return prot
+    from dataclasses import replace
+
     from .pipeline import Protector
-    return Protector(cfg.protect)
+    pcfg = cfg.protect
+    if cfg.workflow.w_anchor is not None:   # lone probes: bound their drift from the key (docs/method.md)
+        pcfg = replace(pcfg, loss=replace(pcfg.loss, w_anchor=float(cfg.workflow.w_anchor)))
+    return Protector(pcfg)
 
 
 def _matcher(args, cfg, prot):
