@@ -1,6 +1,7 @@
 """CPU/GPU speed of the embedded models, measured side by side in one run.
 
-Prints generator and encoder forward time per image at batch 1 and 16, and the ratio of a GAN training
+Prints generator and encoder forward time per image at batch 1 and 16, the loss network's (SFace) forward +
+backward time per image at batch 1 and 16 and their ratio, and the ratio of a GAN training
 step in bf16 autocast vs fp32 (why the trainer uses fp32 on CPU). Usage:
     python benchmarks/bench_models.py [--threads 2] [--device cpu]
 """
@@ -41,6 +42,15 @@ def main() -> int:
             x = torch.rand(b, 3, G.resolution, G.resolution, device=dev) * 2 - 1
             res[f"generator_ms_per_image_b{b}"] = 1000 * timeit(lambda: G.synthesis(ws), args.reps) / b
             res[f"encoder_ms_per_image_b{b}"] = 1000 * timeit(lambda: inv.encode(x), args.reps) / b
+    # The loss network's forward + backward dominates an optimisation step of `protect`; whether it runs faster
+    # per image in a batch bounds what batching people can gain on this device (benchmarks/bench_protect.py).
+    from faceanonymixer.fr import get_recogniser
+    sface = get_recogniser("sface", device=str(dev))
+    for b in (1, 16):
+        y = (torch.rand(b, 3, G.resolution, G.resolution, device=dev) * 2 - 1).requires_grad_(True)
+        res[f"sface_fwd_bwd_ms_per_image_b{b}"] = 1000 * timeit(lambda: sface.embed_ffhq(y).sum().backward(),
+                                                                args.reps) / b
+    res["sface_batch16_speedup_per_image"] = res["sface_fwd_bwd_ms_per_image_b1"] / res["sface_fwd_bwd_ms_per_image_b16"]
     # Training step: bf16 autocast vs fp32 on the same model and data.
     from faceanonymixer.train.gan import GeneratorTrainConfig, GeneratorTrainer
     import tempfile
