@@ -59,6 +59,17 @@ def anonymity_loss(e_p: torch.Tensor, e_r: torch.Tensor, margin: float = 0.0, fo
     raise FaceAnonyMixerError(f"loss.anon_form must be 'abs' or 'hinge', got '{form}'")
 
 
+def anchor_loss(w_opt: torch.Tensor, w_start: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """w_opt, w_start [N,k,D] (the optimised layers now and at the start) -> [n_groups]: per person, the mean
+    squared drift. Why: a probe protected alone drifts from the key code in its own direction (nothing ties it
+    to the person's other sessions, unlike L_idp within a session); the anchor bounds that drift."""
+    assert w_opt.shape == w_start.shape and w_opt.dim() == 3, (tuple(w_opt.shape), tuple(w_start.shape))
+    per_member = (w_opt - w_start).pow(2).mean(dim=(1, 2))                                   # [N]
+    total = per_member.new_zeros(n_groups).index_add(0, groups, per_member)
+    count = per_member.new_zeros(n_groups).index_add(0, groups, torch.ones_like(per_member))
+    return total / count
+
+
 def identity_consistency_loss(e_p: torch.Tensor, groups: torch.Tensor, n_groups: int | None = None) -> torch.Tensor:
     """e_p[N,D] normalised, groups[N] long (person index) -> [G] mean pairwise L2 per group (0 if < 2 members)."""
     assert e_p.dim() == 2 and groups.shape == (e_p.shape[0],), (tuple(e_p.shape), tuple(groups.shape))

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .losses import LossConfig, anonymity_loss, attribute_loss, identity_consistency_loss, separation_loss
+from .losses import (LossConfig, anchor_loss, anonymity_loss, attribute_loss, identity_consistency_loss,
+                     separation_loss)
 from .mixing import MixedLatent, MixPlan, mix
 
 
@@ -172,7 +173,7 @@ def _run(generator, id_net, attr, groups, plan, loss_cfg, cfg, latent, x_ref, gi
                 total = total + loss_cfg.w_attr * l_attr.sum()
                 rec["attr"] = l_attr.detach().mean().item()
             if loss_cfg.w_anchor > 0:
-                l_anc = anchor_loss(latent, gid, len(groups))
+                l_anc = anchor_loss(latent.param, latent.base[:, latent.idx], gid, len(groups))
                 total = total + loss_cfg.w_anchor * l_anc.sum()
                 rec["anchor"] = l_anc.detach().mean().item()
             if e_dec is not None:
@@ -195,17 +196,6 @@ def _run(generator, id_net, attr, groups, plan, loss_cfg, cfg, latent, x_ref, gi
         outs_img.append(img[o:o + g.n_out].detach())
         o += g.n_out
     return OptimResult(outs_ws, outs_img, history, time.perf_counter() - t0)
-
-
-def anchor_loss(latent: MixedLatent, gid: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """[n_groups]: per person, the mean squared drift of the optimised layers from their initial (key) values.
-    Why: a probe protected alone drifts from the key code in its own direction (nothing ties it to the person's
-    other sessions, unlike L_idp within a session); the anchor bounds that drift."""
-    init = latent.base[:, latent.idx]
-    per_member = (latent.param - init).pow(2).mean(dim=(1, 2))                        # [N]
-    total = per_member.new_zeros(n_groups).index_add(0, gid, per_member)
-    count = per_member.new_zeros(n_groups).index_add(0, gid, torch.ones_like(per_member))
-    return total / count
 
 
 @torch.no_grad()
