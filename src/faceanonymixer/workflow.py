@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,6 @@ def _protector(args, cfg):
     prot = getattr(args, "protector", None)   # a preloaded Protector (Python callers, tests)
     if prot is not None:
         return prot
-    from dataclasses import replace
-
     from .pipeline import Protector
     pcfg = cfg.protect
     if cfg.workflow.w_anchor is not None:   # lone probes: bound their drift from the key (docs/method.md)
