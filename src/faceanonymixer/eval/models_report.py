@@ -625,8 +625,9 @@ class Report:
             cands[name] = c
         out["candidates"] = cands
         out["passing"] = [k for k, v in cands.items() if v.get("pass")]
-        unrelated = torch.nn.functional.cosine_similarity(e0, embed_ffhq(sface, synth(G, s["w_p"])), dim=1).numpy()
-        out["context_sface_cos_unrelated_samples"] = mean_metric(unrelated, "samples")
+        every = measure(range(G.num_ws))              # another sample altogether: the scale of both measures
+        out["context_sface_cos_unrelated_samples"] = every["sface_cos"]
+        out["context_pose_change_unrelated_samples"] = every["pose_change_iod"]
         out["method"] = ("sample i (seed s) keeps its w except the listed W+ layers, taken from seed s + n_samples; "
                          "identity = SFace cosine via embed_ffhq on the generator frame; pose = mean 5-landmark "
                          f"displacement (YuNet on {DETECT_SIDE}-px bicubic upscales, mapped to the generator "
@@ -935,7 +936,12 @@ def markdown(d: dict) -> str:
                     seen.add(b["layers"])
                     mrow(b["layers"], f"{role} (context)", b)
         u = mx["context_sface_cos_unrelated_samples"]
-        L.append(f"| all | another sample altogether (reference) | {_v(u)} | | {u['n']} / | |")
+        pu = mx.get("context_pose_change_unrelated_samples")
+        if pu is None:   # reports written before this row measured the shift
+            L.append(f"| all | another sample altogether (reference) | {_v(u)} | | {u['n']} / | |")
+        else:
+            L.append(f"| all | another sample altogether (reference) | {_v(u)} | {_v(pu, pct=True)} | "
+                     f"{u['n']} / {pu['n']} | |")
     skipped = [(k, v) for k, v in S.items() if v.get("status") != "ok"]
     if skipped:
         L += ["", "Not measured:", ""]

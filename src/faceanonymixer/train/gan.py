@@ -78,6 +78,9 @@ class GeneratorTrainConfig:
                                                     # the band at psi 0.7, where samples are more alike)
     id_band_pose: float = 0.0                       # weight keeping the band swap's coarse layout: MSE of the 8x8
                                                     # standardised grey images of sample and swap (pose proxy)
+    id_band_landmarks: float = 0.0                  # weight keeping the swap's 68 landmarks (faceplugin net, not the
+                                                    # YuNet the model report measures with): mean displacement / inter-
+                                                    # ocular distance, the sample's landmarks as the fixed target
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
     max_images: int | None = None                   # cap on real images (tests)
     init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
@@ -128,6 +131,7 @@ class GeneratorTrainer:
         self.images_seen = 0
         self.history: list[dict] = []
         self.id_net = None                                   # loaded on first use (id_diversity > 0)
+        self.lm_net = None                                   # landmark net, loaded on first use (id_band_landmarks > 0)
         self._div_stats: dict = {}
         self.real = self._load_data(images)
         self.sample_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(12345))
@@ -278,6 +282,13 @@ class GeneratorTrainer:
                 pose = F.mse_loss(_layout(x_b), _layout(x))
                 loss = loss + pose * cfg.id_band_pose
                 stats.update(band_pose=float(pose.detach()))
+            if cfg.id_band_landmarks > 0:
+                if self.lm_net is None:
+                    from ..models.landmarks68 import Landmarks68
+                    self.lm_net = Landmarks68().to(self.device).requires_grad_(False)
+                shift = _landmark_shift(self.lm_net, x, x_b)
+                loss = loss + shift * cfg.id_band_landmarks
+                stats.update(band_lm_shift=float(shift.detach()))
         self.opt_G.zero_grad(set_to_none=True)
         (loss * cfg.id_diversity_every).backward()
         self.opt_G.step()
@@ -437,6 +448,14 @@ def export_resume(checkpoint: str | Path, out_path: str | Path, with_ema: bool =
     meta = dict(kind="stylegan2-resume", trained_images=int(st["images_seen"]), steps=int(st["step"]))
     save_model(state, out_path, st["config"], meta, fp16=True)
     return Path(out_path)
+
+
+def _landmark_shift(lm_net, x: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    """Mean 68-landmark displacement of x_b from x over x's inter-ocular distance (x's landmarks are the fixed
+    target): x, x_b [N,3,R,R] -> scalar."""
+    with torch.no_grad():
+        target = lm_net(x)
+    return lm_net.shift(target, lm_net(x_b)).mean()
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,58 @@
+"""FacePlugin's 68-point landmark regressor (``fr_landmark.onnx``, npm faceplugin-face-recognition-js 0.0.1) as a
+differentiable torch module, for FFHQ-aligned images at the generator's resolution.
+
+The net takes a 64x64 grey face box (0..255 / 256) and returns 68 (x, y) pairs in [0, 1] of that box (the
+package's ``fr_landmark.js``). FFHQ alignment puts the face at a fixed place, so a fixed box replaces a detector:
+``FFHQ_BOX`` (fractions of the image side) was chosen on held-out aligned LFW faces, where the net's 5 points
+(eye centres, nose tip, mouth corners) sit within ~10 % of the inter-ocular distance of YuNet's.
+The generator trainer uses it to keep landmarks fixed when the identity band is swapped (``id_band_landmarks``).
+It is a different net from YuNet, the detector that the model report measures the landmark shift with.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import locate
+from .onnx_graph import OnnxGraphModule
+
+FFHQ_BOX = (10 / 64, 12 / 64, 44 / 64, 46 / 64)   # (x0, y0, w, h) of the face box, fractions of the image side
+LEFT_EYE, RIGHT_EYE = [37, 38, 40, 41], [43, 44, 46, 47]   # 68-point indices around each eye (image left/right)
+
+
+class Landmarks68(nn.Module):
+    """``forward(x[N,3,R,R] in [-1,1]) -> [N,68,2]`` landmark (x, y) in pixels of the R frame (pixel centres at
+    integer coordinates); frozen, differentiable w.r.t. x."""
+
+    def __init__(self, path=None,          # explicit fr_landmark.onnx, else found through the registry
+                 box=FFHQ_BOX):            # face box (x0, y0, w, h) as fractions of the image side
+        super().__init__()
+        self.path = locate("faceplugin-landmark", explicit=path)
+        self.net = OnnxGraphModule.from_onnx(self.path, dequantize=False)
+        self.box = tuple(float(v) for v in box)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 4 and x.shape[1] == 3 and x.shape[2] == x.shape[3], x.shape
+        n, r = x.shape[0], x.shape[-1]
+        x0, y0, bw, bh = self.box
+        grey = (x.float() + 1) * 127.5                                          # [N,3,R,R] -> 0..255
+        grey = (0.299 * grey[:, 0] + 0.587 * grey[:, 1] + 0.114 * grey[:, 2]).unsqueeze(1)  # [N,1,R,R]
+        # the box resampled to 64x64: affine_grid works in [-1,1] of the whole image
+        theta = x.new_tensor([[bw, 0.0, 2 * x0 + bw - 1], [0.0, bh, 2 * y0 + bh - 1]]).float().expand(n, 2, 3)
+        grid = F.affine_grid(theta, (n, 1, 64, 64), align_corners=False)
+        crop = F.grid_sample(grey, grid, mode="bilinear", align_corners=False)  # [N,1,64,64]
+        out = self.net(crop / 256.0).reshape(n, 68, 2)                          # box fractions
+        scale = out.new_tensor([bw * r, bh * r])
+        return out * scale + out.new_tensor([x0 * r, y0 * r]) - 0.5             # [N,68,2] pixels
+
+    @staticmethod
+    def inter_ocular(lm: torch.Tensor) -> torch.Tensor:
+        """lm [N,68,2] -> [N] distance between the eye centres."""
+        return (lm[:, RIGHT_EYE].mean(1) - lm[:, LEFT_EYE].mean(1)).norm(dim=-1)
+
+    @staticmethod
+    def shift(lm_a: torch.Tensor, lm_b: torch.Tensor) -> torch.Tensor:
+        """Mean landmark displacement from a to b over a's inter-ocular distance: [N,68,2] x2 -> [N]."""
+        assert lm_a.shape == lm_b.shape and lm_a.shape[1:] == (68, 2), (lm_a.shape, lm_b.shape)
+        return (lm_b - lm_a).norm(dim=-1).mean(1) / Landmarks68.inter_ocular(lm_a).clamp_min(1e-3)

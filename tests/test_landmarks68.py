@@ -1,0 +1,82 @@
+"""The faceplugin 68-point landmark net (generator trainer's pose term): executor == onnxruntime, its points on a
+real aligned face agree with YuNet's, it is differentiable, and the trainer's term reports and lowers the shift."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from faceanonymixer import align as A
+from faceanonymixer.errors import MissingWeightsError
+from faceanonymixer.images import read_image
+from faceanonymixer.registry import data_dir
+
+
+@pytest.fixture(scope="module")
+def lm_net():
+    from faceanonymixer.models.landmarks68 import Landmarks68
+    try:
+        return Landmarks68()
+    except MissingWeightsError as e:
+        pytest.skip(f"fr_landmark.onnx not installed (make install fetches it with npm): {e}")
+
+
+def test_executor_matches_onnxruntime(lm_net):
+    ort = pytest.importorskip("onnxruntime")
+    x = np.random.default_rng(0).random((1, 1, 64, 64), dtype=np.float32)
+    ref = ort.InferenceSession(str(lm_net.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    out = lm_net.net(torch.from_numpy(x)).numpy()
+    assert out.shape == ref.shape == (1, 136)
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_points_on_an_aligned_photo_agree_with_yunet_and_are_differentiable(lm_net):
+    from faceanonymixer.models.landmarks68 import LEFT_EYE, RIGHT_EYE
+    path = data_dir() / "samples" / "obama.jpg"
+    if not path.is_file():
+        pytest.skip(f"sample photo {path} not found (installed by `make install`)")
+    img = read_image(path)
+    aligned = A.align_ffhq(img, A.largest_face(img, source=path).landmarks5, 256)        # [256,256,3] uint8
+    ref = A.largest_face(aligned).landmarks5                                             # YuNet, [5,2] px
+    x = torch.from_numpy(aligned).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x64 = torch.nn.functional.interpolate(x, size=64, mode="area").requires_grad_(True)   # generator resolution
+    lm = lm_net(x64)                                                                     # [1,68,2] in 64-px frame
+    assert lm.shape == (1, 68, 2)
+    p = lm[0].detach().numpy()
+    ours = np.stack([p[LEFT_EYE].mean(0), p[RIGHT_EYE].mean(0), p[30], (p[48] + p[60]) / 2, (p[54] + p[64]) / 2])
+    ref64 = (ref + 0.5) * 64 / 256 - 0.5
+    iod = np.linalg.norm(ref64[1] - ref64[0])
+    err = np.linalg.norm(ours - ref64, axis=1) / iod
+    assert err.mean() < 0.15, err                  # two detectors' point definitions differ: ~10 % on LFW
+    lm_net.shift(lm.detach(), lm).sum().backward()  # zero shift: finite gradient
+    g = torch.autograd.grad(lm[:, :, 0].sum(), x64)[0] if x64.grad is None else x64.grad
+    assert torch.isfinite(g).all()
+    moved = torch.roll(x64.detach(), shifts=2, dims=3)                                  # face 2 px to the right
+    d = (lm_net(moved) - lm.detach())[0, :, 0].mean().item()
+    assert 1.0 < d < 3.0, d
+
+
+def test_trainer_landmark_term_lowers_the_band_swap_shift(tmp_path, lm_net):
+    from test_training import _faces, _gcfg
+    from faceanonymixer.train.gan import GeneratorTrainer, _landmark_shift
+    torch.manual_seed(0)
+    tr = GeneratorTrainer(_gcfg(tmp_path, id_band=0.1, id_band_layers=[1, 2, 3], id_band_landmarks=1.0,
+                                id_band_psi=0.7, id_noise="const", id_diversity_every=2, id_diversity_images=8,
+                                lr=0.005), images=_faces(8))
+    first = tr._identity_step()
+    assert "band_lm_shift" in first and tr.lm_net is not None
+    z = torch.randn(32, 32, generator=torch.Generator().manual_seed(7))
+
+    @torch.no_grad()
+    def shift() -> float:
+        w = tr.G.mapping(z)
+        ws = w.unsqueeze(1).repeat(1, tr.G.num_ws, 1)
+        ws_b = ws.clone()
+        ws_b[:, 1:4] = w.roll(1, dims=0).unsqueeze(1)
+        x, x_b = (tr.G.synthesis(v, noise_mode="const") for v in (ws, ws_b))
+        return float(_landmark_shift(tr.lm_net, x, x_b))
+    before = shift()
+    for _ in range(30):
+        tr._identity_step()
+    after = shift()
+    assert after < 0.8 * before, (before, after)
