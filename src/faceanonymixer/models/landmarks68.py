@@ -19,6 +19,8 @@ from .onnx_graph import OnnxGraphModule
 
 FFHQ_BOX = (10 / 64, 12 / 64, 44 / 64, 46 / 64)   # (x0, y0, w, h) of the face box, fractions of the image side
 LEFT_EYE, RIGHT_EYE = [37, 38, 40, 41], [43, 44, 46, 47]   # 68-point indices around each eye (image left/right)
+INNER = list(range(17, 68))   # brows, eyes, nose, mouth: without the jaw contour (0-16), which a generator trained
+                              # to hold it still learnt to paint at the face's sides (docs/models.md, run 8)
 
 
 class Landmarks68(nn.Module):
@@ -52,7 +54,8 @@ class Landmarks68(nn.Module):
         return (lm[:, RIGHT_EYE].mean(1) - lm[:, LEFT_EYE].mean(1)).norm(dim=-1)
 
     @staticmethod
-    def shift(lm_a: torch.Tensor, lm_b: torch.Tensor) -> torch.Tensor:
-        """Mean landmark displacement from a to b over a's inter-ocular distance: [N,68,2] x2 -> [N]."""
+    def shift(lm_a: torch.Tensor, lm_b: torch.Tensor, points=INNER) -> torch.Tensor:
+        """Mean displacement of ``points`` from a to b over a's inter-ocular distance: [N,68,2] x2 -> [N]."""
         assert lm_a.shape == lm_b.shape and lm_a.shape[1:] == (68, 2), (lm_a.shape, lm_b.shape)
-        return (lm_b - lm_a).norm(dim=-1).mean(1) / Landmarks68.inter_ocular(lm_a).clamp_min(1e-3)
+        d = (lm_b[:, points] - lm_a[:, points]).norm(dim=-1).mean(1)
+        return d / Landmarks68.inter_ocular(lm_a).clamp_min(1e-3)

@@ -78,9 +78,9 @@ class GeneratorTrainConfig:
                                                     # the band at psi 0.7, where samples are more alike)
     id_band_pose: float = 0.0                       # weight keeping the band swap's coarse layout: MSE of the 8x8
                                                     # standardised grey images of sample and swap (pose proxy)
-    id_band_landmarks: float = 0.0                  # weight keeping the swap's 68 landmarks (faceplugin net, not the
-                                                    # YuNet the model report measures with): mean displacement / inter-
-                                                    # ocular distance, the sample's landmarks as the fixed target
+    id_band_landmarks: float = 0.0                  # weight keeping the swap's inner 51 landmarks (faceplugin net, not
+                                                    # the YuNet the model report measures with): mean displacement /
+                                                    # inter-ocular distance, the sample's landmarks as the fixed target
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
     max_images: int | None = None                   # cap on real images (tests)
     init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
@@ -451,7 +451,7 @@ def export_resume(checkpoint: str | Path, out_path: str | Path, with_ema: bool =
 
 
 def _landmark_shift(lm_net, x: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
-    """Mean 68-landmark displacement of x_b from x over x's inter-ocular distance (x's landmarks are the fixed
+    """Mean inner-landmark displacement of x_b from x over x's inter-ocular distance (x's landmarks are the fixed
     target): x, x_b [N,3,R,R] -> scalar."""
     with torch.no_grad():
         target = lm_net(x)
