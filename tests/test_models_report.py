@@ -143,6 +143,9 @@ def test_model_report_on_tiny_models(setup):
     assert set(c) == {"1-3", "3-6", "2-9"} and c["2-9"]["status"] == "skipped"  # 8 W+ layers: 2-9 does not fit
     assert c["1-3"]["middle"]["sface_cos"]["n"] == 8 and c["1-3"]["coarse"]["layers"] == "0"
     assert c["3-6"]["fine"]["layers"] == "7"
+    every = S["mixing"]["context_pose_change_unrelated_samples"]          # the scale of the shift column
+    assert S["mixing"]["context_sface_cos_unrelated_samples"]["n"] == 8
+    assert every["n"] == 0 and every["value"] is None and "detected" in every["reason"]   # random G: no faces
     assert set(S["fd_dlib"]["rows"]) == {"generator", "dcgan", "real_floor", "real_at_generator_resolution"}
     enc = S["encoder"]
     n_a = rep["real_data"]["set_a"]["n_images"]
@@ -158,6 +161,7 @@ def test_model_report_on_tiny_models(setup):
     assert Image.open(out / "samples_grid.png").size == ((8 * 34 + 2) * 4,) * 2  # 32 px, 8x8, pad 2, x4
     md = (out / "model_report.md").read_text()
     assert "| what | value | n | bar | pass |" in md and rep["command"] in md and "FD-dlib" in md
+    assert "| all | another sample altogether (reference) |" in md and "| n/a (no pairs detected" in md
     assert "encoder + 3-step refinement" in md
 
 
