@@ -17,7 +17,7 @@ from faceanonymixer.eval.models_report import detect_batch, embed_ffhq, mix, pos
 from faceanonymixer.fr import get_recogniser
 from faceanonymixer.models.landmarks68 import Landmarks68
 from faceanonymixer.models.loading import load_generator
-from faceanonymixer.train.gan import _landmark_shift, export_generator
+from faceanonymixer.train.gan import export_generator
 
 BANDS = {"1-6": range(1, 7), "7-9": range(7, 10), "0": [0], "all": None}
 
@@ -45,7 +45,7 @@ def main() -> None:
         both = det0.found & dm.found
         cos = torch.nn.functional.cosine_similarity(e0, embed_ffhq(sface, xm), dim=1).mean().item()
         with torch.no_grad():
-            s68 = _landmark_shift(lm, x, xm).item()
+            s68 = lm.image_shift(x, xm).mean().item()
         print(f"{name} | {cos:.3f} | {100 * pose_change(det0.lm[both], dm.lm[both]).mean():.1f} % | "
               f"{100 * s68:.1f} % | {dm.rate:.2f}", flush=True)
 

@@ -58,7 +58,7 @@ def test_points_on_an_aligned_photo_agree_with_yunet_and_are_differentiable(lm_n
 
 def test_trainer_landmark_term_lowers_the_band_swap_shift(tmp_path, lm_net):
     from test_training import _faces, _gcfg
-    from faceanonymixer.train.gan import GeneratorTrainer, _landmark_shift
+    from faceanonymixer.train.gan import GeneratorTrainer
     torch.manual_seed(0)
     tr = GeneratorTrainer(_gcfg(tmp_path, id_band=0.1, id_band_layers=[1, 2, 3], id_band_landmarks=1.0,
                                 id_band_psi=0.7, id_noise="const", id_diversity_every=2, id_diversity_images=8,
@@ -74,7 +74,7 @@ def test_trainer_landmark_term_lowers_the_band_swap_shift(tmp_path, lm_net):
         ws_b = ws.clone()
         ws_b[:, 1:4] = w.roll(1, dims=0).unsqueeze(1)
         x, x_b = (tr.G.synthesis(v, noise_mode="const") for v in (ws, ws_b))
-        return float(_landmark_shift(tr.lm_net, x, x_b))
+        return float(tr.lm_net.image_shift(x, x_b).mean())
     before = shift()
     for _ in range(30):
         tr._identity_step()

@@ -59,3 +59,9 @@ class Landmarks68(nn.Module):
         assert lm_a.shape == lm_b.shape and lm_a.shape[1:] == (68, 2), (lm_a.shape, lm_b.shape)
         d = (lm_b[:, points] - lm_a[:, points]).norm(dim=-1).mean(1)
         return d / Landmarks68.inter_ocular(lm_a).clamp_min(1e-3)
+
+    def image_shift(self, x: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+        """``shift`` from image x's landmarks (a fixed target, no gradient) to x_b's: x, x_b [N,3,R,R] -> [N]."""
+        with torch.no_grad():
+            target = self(x)
+        return self.shift(target, self(x_b))

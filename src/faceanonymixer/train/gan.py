@@ -286,7 +286,7 @@ class GeneratorTrainer:
                 if self.lm_net is None:
                     from ..models.landmarks68 import Landmarks68
                     self.lm_net = Landmarks68().to(self.device).requires_grad_(False)
-                shift = _landmark_shift(self.lm_net, x, x_b)
+                shift = self.lm_net.image_shift(x, x_b).mean()
                 loss = loss + shift * cfg.id_band_landmarks
                 stats.update(band_lm_shift=float(shift.detach()))
         self.opt_G.zero_grad(set_to_none=True)
@@ -448,14 +448,6 @@ def export_resume(checkpoint: str | Path, out_path: str | Path, with_ema: bool =
     meta = dict(kind="stylegan2-resume", trained_images=int(st["images_seen"]), steps=int(st["step"]))
     save_model(state, out_path, st["config"], meta, fp16=True)
     return Path(out_path)
-
-
-def _landmark_shift(lm_net, x: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
-    """Mean inner-landmark displacement of x_b from x over x's inter-ocular distance (x's landmarks are the fixed
-    target): x, x_b [N,3,R,R] -> scalar."""
-    with torch.no_grad():
-        target = lm_net(x)
-    return lm_net.shift(target, lm_net(x_b)).mean()
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:
