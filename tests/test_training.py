@@ -230,3 +230,49 @@ def test_compact_resume_file_continues_training(tmp_path):
     for k, v in tr.G_ema.state_dict().items():
         if v.is_floating_point():
             assert torch.allclose(tr3.G_ema.state_dict()[k], v, atol=1e-2, rtol=1e-2), k
+
+
+def test_identity_head_trains_alone_on_a_frozen_body_and_round_trips(tmp_path):
+    """train: id_head — the body stays bit-identical, the head starts as a no-op (zero last layer), its loss goes
+    down, and export -> load_inverter gives the same codes (head + SFace embedding included)."""
+    from faceanonymixer.fr import get_recogniser
+    from faceanonymixer.models.encoders import load_inverter
+    from faceanonymixer.models.stylegan2 import Generator
+    torch.manual_seed(0)
+    G = Generator(resolution=32, z_dim=32, w_dim=32, n_mlp=2, channels=TINY_G).eval()
+    G.latent_avg.copy_(G.mapping(torch.randn(1000, 32)).mean(0))
+    enc = dict(input_size=32, units=[1, 1, 1, 1], channels=[8, 16, 16, 32], style_hidden=16)
+    sface = get_recogniser("sface")
+    base = EncoderTrainer(EncoderTrainConfig(out=str(tmp_path / "b"), batch=8, threads=2, sample_steps=10 ** 9,
+                                             encoder=enc), images=_faces(), generator=G, id_net=sface)
+    base.save_checkpoint()
+    body = export_encoder(tmp_path / "b" / "checkpoint.pt", tmp_path / "body.safetensors", fp16=False)
+    cfg = EncoderTrainConfig(out=str(tmp_path / "h"), batch=8, lr=1e-3, threads=2, sample_steps=10 ** 9, encoder=enc,
+                             init_from=str(body), train="id_head", synthetic_fraction=0.0, lambda_id=1.0, id_images=8,
+                             id_head=dict(layers=[1, 2, 3, 4], hidden=32))
+    tr = EncoderTrainer(cfg, images=_faces(), generator=G, id_net=sface)
+    assert (tmp_path / "h" / "frozen_cache.pt").is_file()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    base.E.eval(), tr.E.eval()
+    assert torch.equal(tr.inv.encode(x), base.inv.encode(x))  # a new head adds nothing
+    before = {k: v.clone() for k, v in tr.E.state_dict().items()}
+    hist = [tr.train_step()["id"] for _ in range(30)]
+    assert np.mean(hist[-5:]) < np.mean(hist[:5]), hist
+    assert all(torch.equal(v, tr.E.state_dict()[k]) for k, v in before.items())  # body frozen (BN stats too)
+    tr.save_checkpoint()
+    out = export_encoder(tmp_path / "h" / "checkpoint.pt", tmp_path / "idhead.safetensors", fp16=False)
+    _, config = load_state(out)
+    assert config["id_head"]["layers"] == [1, 2, 3, 4] and config["id_head"]["id_net"] == "sface"
+    inv = load_inverter(out, generator=G)
+    tr.E.eval(), tr.head.eval()
+    got, want = inv.encode(x), tr.inv.encode(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got[:, 1:5], base.inv.encode(x)[:, 1:5], atol=1e-4)  # the trained head acts ...
+    assert torch.equal(got[:, [0, 5, 6, 7]], base.inv.encode(x)[:, [0, 5, 6, 7]])  # ... on its layers only
+    # resume from the checkpoint restores the head exactly (and reuses the cached codes)
+    tr2 = EncoderTrainer(cfg, images=_faces(), generator=G, id_net=sface)
+    tr2.E.eval(), tr2.head.eval()
+    assert tr2.step == 30 and torch.equal(tr2.inv.encode(x), want)
+    with pytest.raises(ValueError, match="needs an id_head"):
+        EncoderTrainer(dataclasses.replace(cfg, out=str(tmp_path / "z"), id_head=None), images=_faces(),
+                       generator=G, id_net=sface)

@@ -209,7 +209,7 @@ class Protector:
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         if inverter is None:
             from .models.encoders import load_inverter
-            inverter = load_inverter(self.config.models.inverter, self.generator)
+            inverter = load_inverter(self.config.models.inverter, self.generator, device=self.device)
             self.model_info["inverter"] = _file_info(self.config.models.inverter)
         else:
             self.model_info["inverter"] = dict(name=type(inverter).__name__, sha256=module_digest(inverter))

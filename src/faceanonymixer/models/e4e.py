@@ -207,12 +207,20 @@ class Encoder4Editing(nn.Module):
 class E4EInverter(nn.Module):
     """Inverter interface over an e4e encoder: ``encode(x[N,3,R,R] in [-1,1], FFHQ-aligned) -> ws[N,n_styles,512]``
     with ``latent_avg`` added. ``x`` is resized to the encoder input (area when shrinking, bilinear when
-    enlarging), so R is normally the generator resolution."""
+    enlarging), so R is normally the generator resolution. With an identity head (our embedded encoder), the
+    recogniser's embedding of ``x`` adds per-layer offsets (:mod:`.id_head`)."""
 
     def __init__(self, encoder: Encoder4Editing,          # the encoder (any n_styles / input size)
-                 latent_avg: torch.Tensor | None):        # [n_styles,w_dim] or [w_dim]; None: codes are absolute
+                 latent_avg: torch.Tensor | None,         # [n_styles,w_dim] or [w_dim]; None: codes are absolute
+                 id_head: nn.Module | None = None,        # models.id_head.IdentityHead: embedding -> offsets
+                 id_net: nn.Module | None = None):        # its recogniser (fr.Recogniser, frozen); with id_head
         super().__init__()
         self.encoder = encoder
+        if (id_head is None) != (id_net is None):
+            raise ValueError("an identity head needs its recogniser (id_net) and vice versa")
+        self.id_head = id_head
+        # kept out of state_dict: the recogniser is a separate, registry-loaded model, not encoder weights
+        self._id_net = [id_net] if id_net is not None else []
         if latent_avg is None:
             latent_avg = torch.zeros(encoder.n_styles, encoder.style_dim)
         latent_avg = latent_avg.detach().to(torch.float32).clone()
@@ -229,7 +237,14 @@ class E4EInverter(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:  # [N,3,R,R] in [-1,1] -> [N,num_ws,w_dim]
         assert x.ndim == 4 and x.shape[1] == 3 and x.shape[2] == x.shape[3], f"expected [N,3,R,R], got {tuple(x.shape)}"
         codes = self.encoder(resize_to(x, self.input_size))
+        if self.id_head is not None:
+            dev = next(iter(self.id_net.parameters()), x).device  # the shared recogniser stays on its own device
+            codes = self.id_head.add_to(codes, self.id_net.embed_ffhq(x.to(dev)).to(codes.device))
         return codes + self.latent_avg.unsqueeze(0)
+
+    @property
+    def id_net(self) -> nn.Module | None:
+        return self._id_net[0] if self._id_net else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encode(x)

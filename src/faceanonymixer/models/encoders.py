@@ -1,6 +1,7 @@
 """Inverters (image -> W+) behind one entry point: ``load_inverter(name_or_path)``.
 
-- registry name ``fam-e4e-64`` or our ``.safetensors`` (+ JSON): our embedded e4e-style encoder;
+- registry name ``fam-e4e-64`` or our ``.safetensors`` (+ JSON): our embedded e4e-style encoder (with an
+  identity head fed by a recogniser's embedding when its config has ``id_head``, see ``models.id_head``);
 - an official ``e4e_ffhq_encode.pt`` (or registry name ``e4e-ffhq``): Encoder4Editing via ``models.e4e.load_e4e``.
 Both return an ``E4EInverter``: ``encode(x[N,3,R,R] in [-1,1], FFHQ-aligned) -> ws[N,num_ws,512]``."""
 from __future__ import annotations
@@ -24,6 +25,12 @@ def build_encoder(config: dict) -> Encoder4Editing:
     return Encoder4Editing(**kw)
 
 
+def build_id_head(config: dict):
+    """IdentityHead from the ``id_head`` entry of our encoder config."""
+    from .id_head import IdentityHead
+    return IdentityHead(**config)
+
+
 def load_inverter(name_or_path: str | os.PathLike, generator=None, device: str | torch.device = "cpu") -> E4EInverter:
     """Load an inverter; if ``generator`` is given, its num_ws / w_dim must match (a clear error otherwise)."""
     s = str(name_or_path)
@@ -38,11 +45,21 @@ def load_inverter(name_or_path: str | os.PathLike, generator=None, device: str |
                                         "expected one written by `faceanonymixer train encoder`")
         enc = build_encoder(cfg["encoder"])
         latent_avg = state.pop("latent_avg")
+        head_state = {k[len("id_head."):]: state.pop(k) for k in list(state) if k.startswith("id_head.")}
+        head, id_net = None, None
+        if cfg.get("id_head"):
+            from ..fr import get_recogniser
+            head = build_id_head(cfg["id_head"])
+            id_net = get_recogniser(head.id_net, device=device)  # names the missing file if it is absent
+        elif head_state:
+            raise CheckpointFormatError(f"{path}: identity-head weights but no 'id_head' in the config beside them")
         try:
             enc.load_state_dict(state)
+            if head is not None:
+                head.load_state_dict(head_state)
         except RuntimeError as e:
             raise CheckpointFormatError(f"{path}: weights do not match the encoder config beside them: {e}") from e
-        inv = E4EInverter(enc.eval(), latent_avg)
+        inv = E4EInverter(enc.eval(), latent_avg, id_head=head, id_net=id_net)
     else:
         inv = load_e4e(path, device="cpu").inverter()
     inv = inv.to(device).eval().requires_grad_(False)

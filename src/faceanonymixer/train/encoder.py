@@ -3,7 +3,12 @@
 Each batch mixes generator samples (their W+ is known: latent loss + pixel + identity) and real FFHQ-aligned
 photos of the 'train' people (pixel + identity), as e4e/pSp do, with e4e's delta regulariser that keeps the
 per-layer offsets small (codes stay editable, i.e. near W). The generator is frozen; gradients flow through
-it. Identity loss = 1 - cos in SFace space (the loss network; evaluation uses other recognisers)."""
+it. Identity loss = 1 - cos in SFace space (the loss network; evaluation uses other recognisers).
+
+With ``id_head`` the encoder also gets an identity head (``models.id_head``): SFace's embedding of the input ->
+W+ offsets. ``train: id_head`` trains the head alone on top of a frozen body (``init_from``): the body's codes and
+the embeddings of the real photos are then computed once and cached in the output folder (real photos are not
+flipped in this mode: the cache holds the unflipped codes)."""
 from __future__ import annotations
 
 import dataclasses
@@ -52,6 +57,8 @@ class EncoderTrainConfig:
     max_images: int | None = None                    # cap on real images (tests)
     init_from: str | None = None                     # no checkpoint.pt yet: start from these encoder weights
                                                      # (our safetensors, e.g. the shipped fam-e4e-64); Adam restarts
+    id_head: dict | None = None                      # IdentityHead kwargs (layers, hidden, id_net); None: no head
+    train: str = "all"                               # "all": body (+ head) learn; "id_head": the head alone
 
 
 class EncoderTrainer:
@@ -69,16 +76,34 @@ class EncoderTrainer:
         enc_cfg = dict(cfg.encoder, n_styles=G.num_ws, style_dim=G.w_dim)
         self.enc_config = enc_cfg
         self.E = build_encoder(enc_cfg).to(self.device)
-        self.inv = E4EInverter(self.E, G.latent_avg.detach().cpu()).to(self.device)
+        from ..fr import get_recogniser
         if id_net is None:
-            from ..fr import get_recogniser
             id_net = get_recogniser("sface", device=str(self.device))
         self.id_net = id_net
-        self.opt = torch.optim.Adam(self.E.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        if cfg.train not in ("all", "id_head"):
+            raise ValueError(f"train must be 'all' or 'id_head', got {cfg.train!r}")
+        if cfg.train == "id_head" and not cfg.id_head:
+            raise ValueError("train: id_head needs an id_head config (e.g. {layers: [0, 1, ..., 9]})")
+        self.head, self.head_net = None, None
+        if cfg.id_head:
+            from ..models.encoders import build_id_head
+            self.head = build_id_head(dict(cfg.id_head, w_dim=G.w_dim)).to(self.device)
+            assert max(self.head.layers) < G.num_ws, (self.head.layers, G.num_ws)
+            self.head_net = id_net if self.head.id_net == "sface" else get_recogniser(self.head.id_net,
+                                                                                        device=str(self.device))
+        self.inv = E4EInverter(self.E, G.latent_avg.detach().cpu(), id_head=self.head,
+                               id_net=self.head_net).to(self.device)
+        if cfg.train == "id_head":
+            self.E.requires_grad_(False)
+            params = list(self.head.parameters())
+        else:
+            params = list(self.E.parameters()) + (list(self.head.parameters()) if self.head is not None else [])
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
         self.rng = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.real = self._load_data(images)
         self._resume()
+        self.cache = self._frozen_cache() if cfg.train == "id_head" else None
         # fixed images for the reconstruction grid
         g = torch.Generator().manual_seed(7)
         self.fixed_real = self._to_float(self.real[torch.randint(0, self.real.shape[0], (8,), generator=g)])
@@ -112,22 +137,68 @@ class EncoderTrainer:
     def _real_batch(self, n):
         idx = torch.randint(0, self.real.shape[0], (n,), generator=self.rng)
         x = self._to_float(self.real[idx])
+        if self.cache is not None:  # frozen body: cached codes of the unflipped photos
+            return x, self.cache["codes"][idx].to(self.device).float(), self.cache["emb"][idx].to(self.device)
         flip = (torch.rand(n, generator=self.rng) < 0.5).to(self.device)
-        return torch.where(flip[:, None, None, None], x.flip(3), x)
+        return torch.where(flip[:, None, None, None], x.flip(3), x), None, None
 
-    def losses(self, x: torch.Tensor, ws_true: torch.Tensor | None, n_syn: int) -> dict:
+    def _body(self, x: torch.Tensor) -> torch.Tensor:  # [N,3,R,R] -> body offsets [N,num_ws,w_dim]
+        return self.E(F.interpolate(x, size=self.E.input_size, mode="bilinear", align_corners=False)
+                      if x.shape[-1] != self.E.input_size else x)
+
+    def _fingerprint(self) -> str:
+        import hashlib
+        h = hashlib.sha256()
+        for k, v in sorted(self.E.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @torch.no_grad()
+    def _frozen_cache(self) -> dict:
+        """Body codes + head-recogniser embeddings of every real photo, for ``train: id_head`` (the body is
+        frozen, so they never change; computing them once makes a step ~3x cheaper on a CPU)."""
+        path = self.out / "frozen_cache.pt"
+        fp = self._fingerprint()
+        if path.is_file():
+            c = torch.load(path, map_location="cpu", weights_only=True)
+            if c.get("fingerprint") == fp and c["codes"].shape[0] == self.real.shape[0]:
+                return c
+        self.E.eval()
+        codes, emb = [], []
+        t0 = time.time()
+        for i in range(0, self.real.shape[0], 32):
+            x = self._to_float(self.real[i:i + 32])
+            codes.append(self._body(x).float().half().cpu())
+            emb.append(self.head_net.embed_ffhq(x).float().cpu())
+        c = dict(codes=torch.cat(codes), emb=torch.cat(emb), fingerprint=fp)
+        from ..fileio import atomic_write
+        atomic_write(path, lambda f: torch.save(c, f))
+        log.info("cached the frozen body's codes of %d photos in %.0f s", self.real.shape[0], time.time() - t0)
+        return c
+
+    def losses(self, x: torch.Tensor, ws_true: torch.Tensor | None, n_syn: int,
+               base: torch.Tensor | None = None,   # [N,num_ws,w_dim] body offsets (frozen body), else computed
+               emb: torch.Tensor | None = None) -> dict:  # [N,emb_dim] head-recogniser embedding of x, or None
         cfg = self.cfg
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp and self.device.type == "cuda"):
-            deltas = self.E(F.interpolate(x, size=self.E.input_size, mode="bilinear", align_corners=False)
-                            if x.shape[-1] != self.E.input_size else x)
+            deltas = self._body(x) if base is None else base
+            if self.head is not None:
+                if emb is None:
+                    with torch.no_grad():
+                        emb = self.head_net.embed_ffhq(x)
+                deltas = self.head.add_to(deltas.float(), emb.float())
             ws = deltas.float() + self.inv.latent_avg.unsqueeze(0)
             y = self.G.synthesis(ws, noise_mode="const").float()
         out = {}
         out["pix"] = F.mse_loss(y, x) + F.l1_loss(y, x)
         k = min(cfg.id_images, x.shape[0])  # the recogniser dominates the step's cost: use a subset
         sel = torch.linspace(0, x.shape[0] - 1, k).round().long()
-        with torch.no_grad():
-            e_x = self.id_net.embed_ffhq(x[sel])
+        if emb is not None and self.head_net is self.id_net:
+            e_x = emb[sel].float()
+        else:
+            with torch.no_grad():
+                e_x = self.id_net.embed_ffhq(x[sel])
         cos = (self.id_net.embed_ffhq(y[sel]) * e_x).sum(1)
         out["id"] = (1 - cos).mean()
         out["delta"] = (deltas[:, 1:] - deltas[:, :1]).float().norm(dim=2).mean()
@@ -139,15 +210,26 @@ class EncoderTrainer:
     def train_step(self) -> dict:
         cfg = self.cfg
         n_syn = int(round(cfg.batch * cfg.synthetic_fraction))
-        parts, ws_true = [], None
+        parts, bases, embs, ws_true = [], [], [], None
+        frozen = cfg.train == "id_head"
         if n_syn:
             xs, ws_true = self._synthetic(n_syn)
             parts.append(xs)
+            if frozen:
+                with torch.no_grad():
+                    bases.append(self._body(xs).float())
+                    embs.append(self.head_net.embed_ffhq(xs).float())
         if cfg.batch - n_syn:
-            parts.append(self._real_batch(cfg.batch - n_syn))
+            xr, br, er = self._real_batch(cfg.batch - n_syn)
+            parts.append(xr)
+            bases.append(br)
+            embs.append(er)
         x = torch.cat(parts)
-        self.E.train()
-        loss = self.losses(x, ws_true, n_syn)
+        self.E.train(not frozen)  # a frozen body keeps its BatchNorm statistics (the cache was made in eval mode)
+        if self.head is not None:
+            self.head.train()
+        loss = self.losses(x, ws_true, n_syn, base=torch.cat(bases) if frozen else None,
+                           emb=torch.cat(embs) if frozen else None)
         self.opt.zero_grad(set_to_none=True)
         loss["total"].backward()
         self.opt.step()
@@ -157,6 +239,8 @@ class EncoderTrainer:
     def state(self):
         return dict(E=self.E.state_dict(), opt=self.opt.state_dict(), step=self.step, rng=self.rng.get_state(),
                     torch_rng=torch.get_rng_state(), encoder_config=self.enc_config,
+                    id_head=self.head.state_dict() if self.head is not None else None,
+                    id_head_config=self.head.config() if self.head is not None else None,
                     latent_avg=self.inv.latent_avg.cpu(),
                     config=json.loads(json.dumps(dataclasses.asdict(self.cfg), default=list)))
 
@@ -173,6 +257,10 @@ class EncoderTrainer:
             return
         st = torch.load(path, map_location="cpu", weights_only=True)
         self.E.load_state_dict(st["E"])
+        if self.head is not None:
+            if st.get("id_head") is None:
+                raise ValueError(f"{path} has no identity head but the config asks for one; use a new out folder")
+            self.head.load_state_dict(st["id_head"])
         self.opt.load_state_dict(st["opt"])
         self.step = st["step"]
         self.rng.set_state(st["rng"])
@@ -186,18 +274,27 @@ class EncoderTrainer:
         p = Path(path) if Path(path).is_file() else locate(path)
         state, config = load_state(p)
         state.pop("latent_avg", None)   # the frozen generator's own latent_avg is used
+        head_state = {k[len("id_head."):]: state.pop(k) for k in list(state) if k.startswith("id_head.")}
         want = self.enc_config
         have = dict(config.get("encoder", {}))
         if have and have != want:
             from ..errors import CheckpointFormatError
             raise CheckpointFormatError(f"{p}: encoder config {have} does not match the training config {want}")
         self.E.load_state_dict(state)
+        if head_state and self.head is not None:
+            if config.get("id_head", {}).get("layers") != self.head.layers:
+                from ..errors import CheckpointFormatError
+                raise CheckpointFormatError(f"{p}: identity head {config.get('id_head')} does not match "
+                                            f"the training config {self.head.config()}")
+            self.head.load_state_dict(head_state)
         log.info("initialised encoder from %s (optimiser restarts)", p)
 
     @torch.no_grad()
     def sample_grid(self, path):
         from .grid import save_grid
         self.E.eval()
+        if self.head is not None:
+            self.head.eval()
         y = self.G.synthesis(self.inv.encode(self.fixed_real), noise_mode="const")
         save_grid(torch.cat([self.fixed_real, y.float()]).cpu(), path, nrow=8, scale=2)
 
@@ -233,7 +330,11 @@ def export_encoder(checkpoint: str | Path, out_path: str | Path, fp16: bool = Tr
     st = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = dict(st["E"])
     state["latent_avg"] = st["latent_avg"]
+    config = dict(arch="e4e", encoder=st["encoder_config"])
+    if st.get("id_head") is not None:
+        state.update({f"id_head.{k}": v for k, v in st["id_head"].items()})
+        config["id_head"] = st["id_head_config"]
     meta = dict(kind="e4e", steps=int(st["step"]), generator=st["config"]["generator"],
                 data="LFW train people (FFHQ-aligned) + generator samples")
-    save_model(state, out_path, dict(arch="e4e", encoder=st["encoder_config"]), meta, fp16=fp16)
+    save_model(state, out_path, config, meta, fp16=fp16)
     return Path(out_path)
