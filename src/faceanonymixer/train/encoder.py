@@ -334,7 +334,10 @@ def export_encoder(checkpoint: str | Path, out_path: str | Path, fp16: bool = Tr
     if st.get("id_head") is not None:
         state.update({f"id_head.{k}": v for k, v in st["id_head"].items()})
         config["id_head"] = st["id_head_config"]
-    meta = dict(kind="e4e", steps=int(st["step"]), generator=st["config"]["generator"],
-                data="LFW train people (FFHQ-aligned) + generator samples")
+    cfg = st["config"]
+    meta = dict(kind="e4e", steps=int(st["step"]), generator=cfg["generator"],
+                data="LFW train people (FFHQ-aligned)" + (" + generator samples" if cfg.get("synthetic_fraction", 0.5) > 0
+                                                          else ""),
+                trained=cfg.get("train", "all"), init_from=cfg.get("init_from"))
     save_model(state, out_path, config, meta, fp16=fp16)
     return Path(out_path)
