@@ -276,3 +276,16 @@ def test_identity_head_trains_alone_on_a_frozen_body_and_round_trips(tmp_path):
     with pytest.raises(ValueError, match="needs an id_head"):
         EncoderTrainer(dataclasses.replace(cfg, out=str(tmp_path / "z"), id_head=None), images=_faces(),
                        generator=G, id_net=sface)
+
+
+def test_shipped_encoder_head_writes_only_the_shipped_generators_identity_band():
+    """The privacy argument for the shipped identity head: under the readme plan the key replaces the generator's
+    identity band, so the head must write nowhere else; and the head's training config says the same."""
+    from faceanonymixer import config as config_mod
+    from faceanonymixer.registry import locate
+    band = json.loads(locate("fam-stylegan2-64").with_suffix(".json").read_text())["meta"]["identity_layers"]
+    _, ecfg = load_state(locate("fam-e4e-64"))
+    assert ecfg["id_head"]["layers"] and set(ecfg["id_head"]["layers"]) <= set(band), (ecfg["id_head"], band)
+    from pathlib import Path
+    tcfg = config_mod.load(EncoderTrainConfig, Path(__file__).resolve().parents[1] / "configs/train_encoder_idhead.yaml", [])
+    assert tcfg.train == "id_head" and tcfg.id_head["layers"] == ecfg["id_head"]["layers"]
