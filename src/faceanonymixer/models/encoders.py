@@ -25,6 +25,11 @@ def build_encoder(config: dict) -> Encoder4Editing:
     return Encoder4Editing(**kw)
 
 
+def pop_id_head_state(state: dict) -> dict:
+    """Remove the identity head's tensors (``id_head.*``) from an encoder state dict and return them, unprefixed."""
+    return {k[len("id_head."):]: state.pop(k) for k in list(state) if k.startswith("id_head.")}
+
+
 def build_id_head(config: dict):
     """IdentityHead from the ``id_head`` entry of our encoder config."""
     from .id_head import IdentityHead
@@ -45,7 +50,7 @@ def load_inverter(name_or_path: str | os.PathLike, generator=None, device: str |
                                         "expected one written by `faceanonymixer train encoder`")
         enc = build_encoder(cfg["encoder"])
         latent_avg = state.pop("latent_avg")
-        head_state = {k[len("id_head."):]: state.pop(k) for k in list(state) if k.startswith("id_head.")}
+        head_state = pop_id_head_state(state)
         head, id_net = None, None
         if cfg.get("id_head"):
             from ..fr import get_recogniser

@@ -83,7 +83,7 @@ class EncoderTrainer:
         if cfg.train not in ("all", "id_head"):
             raise ValueError(f"train must be 'all' or 'id_head', got {cfg.train!r}")
         if cfg.train == "id_head" and not cfg.id_head:
-            raise ValueError("train: id_head needs an id_head config (e.g. {layers: [0, 1, ..., 9]})")
+            raise ValueError("train: id_head needs an id_head config (e.g. {layers: [1, 2, 3, 4, 5, 6]})")
         self.head, self.head_net = None, None
         if cfg.id_head:
             from ..models.encoders import build_id_head
@@ -274,7 +274,11 @@ class EncoderTrainer:
         p = Path(path) if Path(path).is_file() else locate(path)
         state, config = load_state(p)
         state.pop("latent_avg", None)   # the frozen generator's own latent_avg is used
-        head_state = {k[len("id_head."):]: state.pop(k) for k in list(state) if k.startswith("id_head.")}
+        from ..models.encoders import pop_id_head_state
+        head_state = pop_id_head_state(state)
+        if head_state and self.head is None:
+            log.warning("%s has an identity head but this config has none (id_head): training and exporting the "
+                        "body alone drops it", p)
         want = self.enc_config
         have = dict(config.get("encoder", {}))
         if have and have != want:
