@@ -55,16 +55,18 @@ def test_points_on_an_aligned_photo_agree_with_yunet_and_are_differentiable(lm_n
     assert 1.0 < d < 3.0, d
 
 
-def test_trainer_landmark_term_lowers_the_band_swap_shift(tmp_path, lm_net):
+@pytest.mark.parametrize("term,stat", [("id_band_landmarks", "band_lm_shift"), ("id_band_framing", "band_framing")])
+def test_trainer_landmark_terms_lower_what_they_measure(tmp_path, lm_net, term, stat):
     from test_training import _faces, _gcfg
     from faceanonymixer.train.gan import GeneratorTrainer
     torch.manual_seed(0)
-    tr = GeneratorTrainer(_gcfg(tmp_path, id_band=0.1, id_band_layers=[1, 2, 3], id_band_landmarks=1.0,
+    tr = GeneratorTrainer(_gcfg(tmp_path, id_band=0.1, id_band_layers=[1, 2, 3], **{term: 1.0},
                                 id_band_psi=0.7, id_noise="const", id_diversity_every=2, id_diversity_images=8,
                                 lr=0.005), images=_faces(8))
     first = tr._identity_step()
-    assert "band_lm_shift" in first and tr.lm_net is not None
+    assert stat in first and tr.lm_net is not None
     z = torch.randn(32, 32, generator=torch.Generator().manual_seed(7))
+    measure = lm_net.shift if term == "id_band_landmarks" else lm_net.framing_shift
 
     @torch.no_grad()
     def shift() -> float:
@@ -73,9 +75,39 @@ def test_trainer_landmark_term_lowers_the_band_swap_shift(tmp_path, lm_net):
         ws_b = ws.clone()
         ws_b[:, 1:4] = w.roll(1, dims=0).unsqueeze(1)
         x, x_b = (tr.G.synthesis(v, noise_mode="const") for v in (ws, ws_b))
-        return float(tr.lm_net.image_shift(x, x_b).mean())
+        return float(measure(tr.lm_net(x), tr.lm_net(x_b)).mean())
     before = shift()
     for _ in range(30):
         tr._identity_step()
     after = shift()
     assert after < 0.8 * before, (before, after)
+
+
+def test_framing_shift_counts_whole_face_motion_not_shape():
+    import math
+    from faceanonymixer.models.landmarks68 import Landmarks68 as L
+    a = torch.rand(4, 68, 2, generator=torch.Generator().manual_seed(0)) * 30 + 17        # [4,68,2] px
+    five = L.five(a)
+    assert five.shape == (4, 5, 2)
+    assert torch.allclose(L.framing_shift(a, a), torch.zeros(4), atol=1e-5)
+    c = five.mean(1, keepdim=True)
+    th = math.radians(4)
+    rot = torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    moved = ((a - c) @ rot.T) * 1.05 + c + torch.tensor([1.5, -0.5])                     # roll + scale + shift
+    whole = (L.five(moved) - five).norm(dim=-1).mean(1) / L.inter_ocular(a)               # all of it is framing
+    assert torch.allclose(L.framing_shift(a, moved), whole, atol=1e-4)
+    # a pure shape change: a random move of the 5 points with the 4 similarity directions (x/y shift, scale,
+    # roll about the centroid) projected out leaves the framing at 0
+    from faceanonymixer.models.landmarks68 import LEFT_EYE, RIGHT_EYE
+    q = five - c                                                                          # [4,5,2]
+    basis = torch.stack([torch.tensor([1.0, 0.0]).expand(4, 5, 2), torch.tensor([0.0, 1.0]).expand(4, 5, 2),
+                         q, torch.stack([-q[..., 1], q[..., 0]], -1)], 1).reshape(4, 4, 10)
+    qb, _ = torch.linalg.qr(basis.transpose(1, 2))                                        # [4,10,4] orthonormal
+    d = torch.randn(4, 10, generator=torch.Generator().manual_seed(1))
+    d = (d - (qb @ (qb.transpose(1, 2) @ d[..., None]))[..., 0]).reshape(4, 5, 2) * 1.5   # [4,5,2] px
+    b = a.clone()
+    for k, idx in enumerate([LEFT_EYE, RIGHT_EYE, [30], [48], [54]]):
+        b[:, idx] += d[:, k:k + 1]
+    total = (L.five(b) - five).norm(dim=-1).mean(1) / L.inter_ocular(a)
+    assert (total > 0.02).all(), total
+    assert torch.allclose(L.framing_shift(a, b), torch.zeros(4), atol=1e-4)

@@ -6,7 +6,8 @@ package's ``fr_landmark.js``). FFHQ alignment puts the face at a fixed place, so
 ``FFHQ_BOX`` (fractions of the image side) was chosen by a one-off check on 200 held-out aligned LFW faces, where
 the net's 5 points (eye centres, nose tip, mouth corners) sat ~10 % of the inter-ocular distance from YuNet's
 (the tests check < 15 % on a sample photo).
-The generator trainer uses it to keep landmarks fixed when the identity band is swapped (``id_band_landmarks``).
+The generator trainer uses it to keep landmarks fixed when the identity band is swapped (``id_band_landmarks``,
+``id_band_framing``).
 It is a different net from YuNet, the detector that the model report measures the landmark shift with.
 """
 from __future__ import annotations
@@ -22,6 +23,20 @@ FFHQ_BOX = (10 / 64, 12 / 64, 44 / 64, 46 / 64)   # (x0, y0, w, h) of the face b
 LEFT_EYE, RIGHT_EYE = [37, 38, 40, 41], [43, 44, 46, 47]   # 68-point indices around each eye (image left/right)
 INNER = list(range(17, 68))   # brows, eyes, nose, mouth: the jaw contour (0-16) is the face outline, part of
                               # identity, which the swapped band is meant to change
+
+
+def framing_shift(pa: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
+    """How far a face moved as a whole (shift, roll, scale) from points pa to pb: the least-squares similarity
+    transform S of pa onto pb, then mean |S(p) - p| over pa (pixels). Shape changes, which identity may bring,
+    do not count. pa, pb [N,K,2] -> [N]."""
+    assert pa.shape == pb.shape and pa.ndim == 3 and pa.shape[-1] == 2, (pa.shape, pb.shape)
+    ca, cb = pa.mean(1, keepdim=True), pb.mean(1, keepdim=True)
+    qa, qb = pa - ca, pb - cb
+    den = (qa ** 2).sum((1, 2)).clamp_min(1e-6)
+    a = (qa * qb).sum((1, 2)) / den                                          # s cos(theta)
+    b = (qa[..., 0] * qb[..., 1] - qa[..., 1] * qb[..., 0]).sum(1) / den     # s sin(theta)
+    rot = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)  # [N,2,2]
+    return (qa @ rot.transpose(1, 2) + cb - pa).norm(dim=-1).mean(1)
 
 
 class Landmarks68(nn.Module):
@@ -60,6 +75,18 @@ class Landmarks68(nn.Module):
         assert lm_a.shape == lm_b.shape and lm_a.shape[1:] == (68, 2), (lm_a.shape, lm_b.shape)
         d = (lm_b[:, points] - lm_a[:, points]).norm(dim=-1).mean(1)
         return d / Landmarks68.inter_ocular(lm_a).clamp_min(1e-3)
+
+    @staticmethod
+    def five(lm: torch.Tensor) -> torch.Tensor:
+        """lm [N,68,2] -> [N,5,2]: eye centres, nose tip, mouth corners (YuNet's and the aligner's points)."""
+        return torch.stack([lm[:, LEFT_EYE].mean(1), lm[:, RIGHT_EYE].mean(1), lm[:, 30], lm[:, 48], lm[:, 54]], 1)
+
+    @staticmethod
+    def framing_shift(lm_a: torch.Tensor, lm_b: torch.Tensor) -> torch.Tensor:
+        """``framing_shift`` of the 5 points of two 68-point sets over a's inter-ocular distance: [N,68,2] x2 -> [N]."""
+        assert lm_a.shape == lm_b.shape and lm_a.shape[1:] == (68, 2), (lm_a.shape, lm_b.shape)
+        pa = Landmarks68.five(lm_a)
+        return framing_shift(pa, Landmarks68.five(lm_b)) / Landmarks68.inter_ocular(lm_a).clamp_min(1e-3)
 
     def image_shift(self, x: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
         """``shift`` from image x's landmarks (a fixed target, no gradient) to x_b's: x, x_b [N,3,R,R] -> [N]."""

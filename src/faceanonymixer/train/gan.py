@@ -81,6 +81,9 @@ class GeneratorTrainConfig:
     id_band_landmarks: float = 0.0                  # weight keeping the swap's inner 51 landmarks (faceplugin net, not
                                                     # the YuNet the model report measures with): mean displacement /
                                                     # inter-ocular distance, the sample's landmarks as the fixed target
+    id_band_framing: float = 0.0                    # weight keeping the swap's framing only: the similarity transform
+                                                    # (shift, roll, scale) between the 5 points of sample and swap
+                                                    # (same net), so that face shape, part of identity, stays free
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
     max_images: int | None = None                   # cap on real images (tests)
     init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
@@ -131,7 +134,7 @@ class GeneratorTrainer:
         self.images_seen = 0
         self.history: list[dict] = []
         self.id_net = None                                   # loaded on first use (id_diversity > 0)
-        self.lm_net = None                                   # landmark net, loaded on first use (id_band_landmarks > 0)
+        self.lm_net = None                                   # landmark net, loaded on first use (id_band_landmarks or _framing > 0)
         self._div_stats: dict = {}
         self.real = self._load_data(images)
         self.sample_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(12345))
@@ -282,13 +285,21 @@ class GeneratorTrainer:
                 pose = F.mse_loss(_layout(x_b), _layout(x))
                 loss = loss + pose * cfg.id_band_pose
                 stats.update(band_pose=float(pose.detach()))
-            if cfg.id_band_landmarks > 0:
+            if cfg.id_band_landmarks > 0 or cfg.id_band_framing > 0:
                 if self.lm_net is None:
                     from ..models.landmarks68 import Landmarks68
                     self.lm_net = Landmarks68().to(self.device).requires_grad_(False)
-                shift = self.lm_net.image_shift(x, x_b).mean()
-                loss = loss + shift * cfg.id_band_landmarks
-                stats.update(band_lm_shift=float(shift.detach()))
+                with torch.no_grad():
+                    lm_x = self.lm_net(x)                                    # the sample's landmarks: fixed target
+                lm_b = self.lm_net(x_b)
+                if cfg.id_band_landmarks > 0:
+                    shift = self.lm_net.shift(lm_x, lm_b).mean()
+                    loss = loss + shift * cfg.id_band_landmarks
+                    stats.update(band_lm_shift=float(shift.detach()))
+                if cfg.id_band_framing > 0:
+                    fr = self.lm_net.framing_shift(lm_x, lm_b).mean()
+                    loss = loss + fr * cfg.id_band_framing
+                    stats.update(band_framing=float(fr.detach()))
         self.opt_G.zero_grad(set_to_none=True)
         (loss * cfg.id_diversity_every).backward()
         self.opt_G.step()

@@ -1,0 +1,55 @@
+"""How far apart are the 5 landmarks of two real faces after our FFHQ-style alignment? Context for the generator's
+landmark-shift bar (`faceanonymixer model-report`): the held-out LFW faces the report uses, aligned to the
+generator resolution, YuNet landmarks measured exactly as on generated samples; pairs of photos of one person and
+of two different people, with the part that moves the face as a whole (similarity transform of the 5 points).
+
+    python scripts/real_landmark_spread.py --data ../shared/data/lfw/images --n 400
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceanonymixer.eval.models_report import detect_batch, load_real_sets, pose_change
+from faceanonymixer.models.landmarks68 import framing_shift
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/lfw/images", help="LFW root with the split file")
+    p.add_argument("--n", type=int, default=400, help="faces per real set (two sets of disjoint people)")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--pairs", type=int, default=2000, help="random different-people pairs")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    faces: list[tuple[str, np.ndarray]] = []
+    for s in load_real_sets(Path(a.data), a.n, 0, a.resolution)[:2]:
+        d = detect_batch(s.ffhq_tensor())
+        faces += [(person, d.lm[i]) for i, person in enumerate(s.person) if d.found[i]]
+    by_person: dict[str, list[np.ndarray]] = {}
+    for person, lm in faces:
+        by_person.setdefault(person, []).append(lm)
+    same = [(ls[i], ls[j]) for ls in by_person.values() for i in range(len(ls)) for j in range(i + 1, len(ls))]
+    rng = np.random.default_rng(0)
+    diff = []
+    while len(diff) < a.pairs:
+        i, j = rng.integers(len(faces), size=2)
+        if faces[i][0] != faces[j][0]:
+            diff.append((faces[i][1], faces[j][1]))
+    print(f"{len(faces)} faces of {len(by_person)} held-out people, {a.resolution} px")
+    print("pairs | n | YuNet shift / IOD: mean (median) | of it, framing (shift, roll, scale): mean (median)")
+    for name, pairs in (("one person, two photos", same), ("two different people", diff)):
+        la, lb = np.stack([u for u, _ in pairs]), np.stack([v for _, v in pairs])   # [P,5,2]
+        iod = np.linalg.norm(la[:, 0] - la[:, 1], axis=1)
+        fr = framing_shift(torch.from_numpy(la), torch.from_numpy(lb)).numpy() / iod
+        pc = pose_change(la, lb)
+        print(f"{name} | {len(pairs)} | {100 * pc.mean():.1f} % ({100 * np.median(pc):.1f} %) | "
+              f"{100 * fr.mean():.1f} % ({100 * np.median(fr):.1f} %)")
+
+
+if __name__ == "__main__":
+    main()
