@@ -2,8 +2,10 @@
 landmark-shift bar (`faceanonymixer model-report`): the held-out LFW faces the report uses, aligned to the
 generator resolution, YuNet landmarks measured exactly as on generated samples; pairs of photos of one person and
 of two different people, with the part that moves the face as a whole (similarity transform of the 5 points).
+``--align template`` instead fits the 5 points to the ArcFace template by least squares before the FFHQ crop
+(less framing freedom than FFHQ's eye/mouth quad): does a tighter alignment of the training data narrow the spread?
 
-    python scripts/real_landmark_spread.py --data ../shared/data/lfw/images --n 400
+    python scripts/real_landmark_spread.py --data ../shared/data/lfw/images --n 400 [--align template]
 """
 from __future__ import annotations
 
@@ -13,8 +15,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from faceanonymixer import align as A
 from faceanonymixer.eval.models_report import detect_batch, load_real_sets, pose_change
+from faceanonymixer.images import read_image
 from faceanonymixer.models.landmarks68 import framing_shift
+
+
+def aligned(root: Path, files: list[str], resolution: int, mode: str) -> tuple[torch.Tensor, np.ndarray]:
+    """The photos re-read and aligned: x [N,3,R,R] in [-1,1], and where the alignment put the 5 points detected
+    on the full photo [N,5,2] (R-pixel frame). 'template': the FFHQ crop around the ArcFace template pulled back
+    by the least-squares similarity of the 5 points."""
+    xs, pts = [], []
+    for f in files:
+        img = read_image(root / f)
+        lm = np.asarray(A.pick_face(img, source=str(root / f), select="center")[0].landmarks5, np.float64)
+        quad_lm = lm
+        if mode == "template":
+            to_template = A.umeyama_similarity(lm, A.ARCFACE_TEMPLATE)
+            quad_lm = A.transform_points(A.invert_affine(to_template), A.ARCFACE_TEMPLATE)
+        xs.append(A.align_ffhq(img, quad_lm, resolution))
+        pts.append(A.transform_points(A.quad_to_square_matrix(A.ffhq_quad(quad_lm)[0], resolution), lm))
+    return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div(127.5).sub(1), np.stack(pts)
 
 
 def main() -> None:
@@ -23,13 +44,19 @@ def main() -> None:
     p.add_argument("--n", type=int, default=400, help="faces per real set (two sets of disjoint people)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--pairs", type=int, default=2000, help="random different-people pairs")
+    p.add_argument("--align", choices=["ffhq", "template"], default="ffhq",
+                   help="ffhq: the aligner's eye/mouth quad (the training data's); template: least-squares fit")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     faces: list[tuple[str, np.ndarray]] = []
+    err = []                                          # YuNet at R px vs the full photo's points carried over
     for s in load_real_sets(Path(a.data), a.n, 0, a.resolution)[:2]:
-        d = detect_batch(s.ffhq_tensor())
+        x, carried = aligned(Path(a.data), s.files, a.resolution, a.align)
+        d = detect_batch(x)
         faces += [(person, d.lm[i]) for i, person in enumerate(s.person) if d.found[i]]
+        err.append(pose_change(carried[d.found], d.lm[d.found]))
+    err = np.concatenate(err)
     by_person: dict[str, list[np.ndarray]] = {}
     for person, lm in faces:
         by_person.setdefault(person, []).append(lm)
@@ -40,7 +67,9 @@ def main() -> None:
         i, j = rng.integers(len(faces), size=2)
         if faces[i][0] != faces[j][0]:
             diff.append((faces[i][1], faces[j][1]))
-    print(f"{len(faces)} faces of {len(by_person)} held-out people, {a.resolution} px")
+    print(f"{len(faces)} faces of {len(by_person)} held-out people, {a.resolution} px, {a.align} alignment")
+    print(f"YuNet on the {a.resolution}-px crops vs the full photo's points carried into them: "
+          f"{100 * err.mean():.1f} % (median {100 * np.median(err):.1f} %) of the inter-ocular distance")
     print("pairs | n | YuNet shift / IOD: mean (median) | of it, framing (shift, roll, scale): mean (median)")
     for name, pairs in (("one person, two photos", same), ("two different people", diff)):
         la, lb = np.stack([u for u, _ in pairs]), np.stack([v for _, v in pairs])   # [P,5,2]
