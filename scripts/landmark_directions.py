@@ -18,18 +18,15 @@ import torch
 
 from faceanonymixer.eval.models_report import detect_batch, embed_ffhq, mix, pose_change, seed_ws, synth
 from faceanonymixer.fr import get_recogniser
-from faceanonymixer.models.landmarks68 import Landmarks68
+from faceanonymixer.models.landmarks68 import Landmarks68, similarity_fit
 from faceanonymixer.models.loading import load_generator
 
 
 def similarity_params(p: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """Least-squares similarity of ref [5,2] onto each p [N,5,2] -> [N,4]: shift x, y and (s cos - 1, s sin)
     scaled by ref's spread, so all four are in pixels."""
-    rc, pc = ref - ref.mean(0), p - p.mean(1, keepdim=True)
-    den = (rc ** 2).sum()
-    a = (pc * rc).sum((1, 2)) / den
-    b = (pc[..., 1] * rc[:, 0] - pc[..., 0] * rc[:, 1]).sum(1) / den
-    t, spread = p.mean(1) - ref.mean(0), den.sqrt()
+    a, b, ca, cb = similarity_fit(ref.expand_as(p), p)
+    t, spread = (cb - ca)[:, 0], (ref - ref.mean(0)).square().sum().sqrt()
     return torch.stack([t[:, 0], t[:, 1], spread * (a - 1), spread * b], 1)
 
 
@@ -68,7 +65,8 @@ def main() -> None:
     w, w_p = seed_ws(G, range(a.n)), seed_ws(G, range(a.n, 2 * a.n))
     x_orig = synth(G, mix(w, w, [], G.num_ws))
     e_orig = embed_ffhq(sface, x_orig)
-    print("directions removed | band swap: SFace cos | YuNet shift / IOD | edit alone: SFace cos to the unedited sample")
+    print("directions removed | band swap: SFace cos | YuNet shift / IOD"
+          " | edit alone: SFace cos to the unedited sample")
     for r in (int(v) for v in a.ranks.split(",")):
         proj = torch.eye(G.w_dim, dtype=torch.double) - u[:, :r] @ u[:, :r].T
 

@@ -21,20 +21,19 @@ from faceanonymixer.images import read_image
 from faceanonymixer.models.landmarks68 import framing_shift
 
 
-def aligned(root: Path, files: list[str], resolution: int, mode: str) -> tuple[torch.Tensor, np.ndarray]:
-    """The photos re-read and aligned: x [N,3,R,R] in [-1,1], and where the alignment put the 5 points detected
-    on the full photo [N,5,2] (R-pixel frame). 'template': the FFHQ crop around the ArcFace template pulled back
-    by the least-squares similarity of the 5 points."""
+def carried(lm5: np.ndarray, quad_lm: np.ndarray, resolution: int) -> np.ndarray:
+    """Where the crop built from ``quad_lm`` puts the photo's points lm5 [5,2] -> [5,2] (R-pixel frame)."""
+    return A.transform_points(A.quad_to_square_matrix(A.ffhq_quad(quad_lm)[0], resolution), lm5)
+
+
+def template_aligned(root: Path, s, resolution: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The set's photos re-read and FFHQ-cropped around the ArcFace template pulled back by the least-squares
+    similarity of their 5 points: x [N,3,R,R] in [-1,1], and the photos' points carried into the crops [N,5,2]."""
     xs, pts = [], []
-    for f in files:
-        img = read_image(root / f)
-        lm = np.asarray(A.pick_face(img, source=str(root / f), select="center")[0].landmarks5, np.float64)
-        quad_lm = lm
-        if mode == "template":
-            to_template = A.umeyama_similarity(lm, A.ARCFACE_TEMPLATE)
-            quad_lm = A.transform_points(A.invert_affine(to_template), A.ARCFACE_TEMPLATE)
-        xs.append(A.align_ffhq(img, quad_lm, resolution))
-        pts.append(A.transform_points(A.quad_to_square_matrix(A.ffhq_quad(quad_lm)[0], resolution), lm))
+    for f, lm in zip(s.files, s.lm5):
+        quad_lm = A.transform_points(A.invert_affine(A.umeyama_similarity(lm, A.ARCFACE_TEMPLATE)), A.ARCFACE_TEMPLATE)
+        xs.append(A.align_ffhq(read_image(root / f), quad_lm, resolution))
+        pts.append(carried(lm, quad_lm, resolution))
     return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div(127.5).sub(1), np.stack(pts)
 
 
@@ -52,10 +51,13 @@ def main() -> None:
     faces: list[tuple[str, np.ndarray]] = []
     err = []                                          # YuNet at R px vs the full photo's points carried over
     for s in load_real_sets(Path(a.data), a.n, 0, a.resolution)[:2]:
-        x, carried = aligned(Path(a.data), s.files, a.resolution, a.align)
+        if a.align == "ffhq":                          # the report's own crops
+            x, pts = s.ffhq_tensor(), np.stack([carried(lm, lm, a.resolution) for lm in s.lm5])
+        else:
+            x, pts = template_aligned(Path(a.data), s, a.resolution)
         d = detect_batch(x)
         faces += [(person, d.lm[i]) for i, person in enumerate(s.person) if d.found[i]]
-        err.append(pose_change(carried[d.found], d.lm[d.found]))
+        err.append(pose_change(pts[d.found], d.lm[d.found]))
     err = np.concatenate(err)
     by_person: dict[str, list[np.ndarray]] = {}
     for person, lm in faces:

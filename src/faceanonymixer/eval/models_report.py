@@ -319,6 +319,7 @@ class RealSet:
     files: list[str] = field(default_factory=list)        # relative to the data root, faces found
     arc: list[np.ndarray] = field(default_factory=list)   # ArcFace 112 crops
     ffhq: list[np.ndarray] = field(default_factory=list)  # FFHQ-aligned crops at the generator resolution
+    lm5: list[np.ndarray] = field(default_factory=list)   # [5,2] landmarks of the face in its photo
     person: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
@@ -371,6 +372,7 @@ def load_real_sets(root: Path, n: int, seed: int, resolution: int) -> tuple[Real
                 face, _ = pick_face(img, source=str(f), select="center")  # LFW: the centred subject
                 s.arc.append(align_arcface(img, face.landmarks5))
                 s.ffhq.append(align_ffhq(img, face.landmarks5, resolution))
+                s.lm5.append(np.asarray(face.landmarks5, np.float64))
             except FaceAnonyMixerError as e:
                 s.failed.append((rel, str(e).splitlines()[0]))
                 continue

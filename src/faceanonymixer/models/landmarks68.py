@@ -25,18 +25,25 @@ INNER = list(range(17, 68))   # brows, eyes, nose, mouth: the jaw contour (0-16)
                               # identity, which the swapped band is meant to change
 
 
-def framing_shift(pa: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
-    """How far a face moved as a whole (shift, roll, scale) from points pa to pb: the least-squares similarity
-    transform S of pa onto pb, then mean |S(p) - p| over pa (pixels). Shape changes, which identity may bring,
-    do not count. pa, pb [N,K,2] -> [N]."""
+def similarity_fit(pa: torch.Tensor, pb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Least-squares similarity transform of points pa onto pb, p -> R (p - ca) + cb with R = [[a, -b], [b, a]]
+    (a = s cos(theta), b = s sin(theta)): pa, pb [N,K,2] -> a [N], b [N], ca [N,1,2], cb [N,1,2]."""
     assert pa.shape == pb.shape and pa.ndim == 3 and pa.shape[-1] == 2, (pa.shape, pb.shape)
     ca, cb = pa.mean(1, keepdim=True), pb.mean(1, keepdim=True)
     qa, qb = pa - ca, pb - cb
     den = (qa ** 2).sum((1, 2)).clamp_min(1e-6)
-    a = (qa * qb).sum((1, 2)) / den                                          # s cos(theta)
-    b = (qa[..., 0] * qb[..., 1] - qa[..., 1] * qb[..., 0]).sum(1) / den     # s sin(theta)
+    a = (qa * qb).sum((1, 2)) / den
+    b = (qa[..., 0] * qb[..., 1] - qa[..., 1] * qb[..., 0]).sum(1) / den
+    return a, b, ca, cb
+
+
+def framing_shift(pa: torch.Tensor, pb: torch.Tensor) -> torch.Tensor:
+    """How far a face moved as a whole (shift, roll, scale) from points pa to pb: the least-squares similarity
+    transform S of pa onto pb, then mean |S(p) - p| over pa (pixels). Shape changes, which identity may bring,
+    do not count. pa, pb [N,K,2] -> [N]."""
+    a, b, ca, cb = similarity_fit(pa, pb)
     rot = torch.stack([torch.stack([a, -b], -1), torch.stack([b, a], -1)], -2)  # [N,2,2]
-    return (qa @ rot.transpose(1, 2) + cb - pa).norm(dim=-1).mean(1)
+    return ((pa - ca) @ rot.transpose(1, 2) + cb - pa).norm(dim=-1).mean(1)
 
 
 class Landmarks68(nn.Module):
