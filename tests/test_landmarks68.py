@@ -111,3 +111,26 @@ def test_framing_shift_counts_whole_face_motion_not_shape():
     total = (L.five(b) - five).norm(dim=-1).mean(1) / L.inter_ocular(a)
     assert (total > 0.02).all(), total
     assert torch.allclose(L.framing_shift(a, b), torch.zeros(4), atol=1e-4)
+
+
+def test_geometry_terms_can_be_kept_to_the_coarse_synthesis_convs(tmp_path, lm_net):
+    from test_training import _faces, _gcfg
+    from faceanonymixer.train.gan import GeneratorTrainer
+
+    def after_one_step(**kw) -> dict:
+        torch.manual_seed(0)
+        tr = GeneratorTrainer(_gcfg(tmp_path, id_band=0.1, id_band_layers=[1, 2, 3], id_band_psi=0.7,
+                                    id_noise="const", id_diversity_every=2, id_diversity_images=8, **kw),
+                              images=_faces(8))
+        geo = {id(p) for p in tr._geometry_params()} if kw.get("id_band_geometry_res") else set()
+        tr._identity_step()
+        return {n: (id(p) in geo, p.detach().clone()) for n, p in tr.G.named_parameters()}
+    base = after_one_step()
+    kept = after_one_step(id_band_framing=10.0, id_band_geometry_res=8)
+    coarse = [n for n, (g, _) in kept.items() if g]
+    assert coarse and all(n.startswith(("input.", "conv1.", "convs.0.", "convs.1.")) for n in coarse), coarse
+    for n, (g, p) in kept.items():
+        if g:
+            continue
+        assert torch.equal(p, base[n][1]), f"{n} moved by the framing term"        # fine convs, toRGB, mapping
+    assert any(not torch.equal(p, base[n][1]) for n, (g, p) in kept.items() if g)

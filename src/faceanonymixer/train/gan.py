@@ -84,6 +84,9 @@ class GeneratorTrainConfig:
     id_band_framing: float = 0.0                    # weight keeping the swap's framing only: the similarity transform
                                                     # (shift, roll, scale) between the 5 points of sample and swap
                                                     # (same net), so that face shape, part of identity, stays free
+    id_band_geometry_res: int | None = None         # the landmark and framing terms update only G's synthesis convs
+                                                    # up to this resolution (None: all of G), so that they can move
+                                                    # the face but not paint fine marks that steer the net (runs 8-9)
     dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
     max_images: int | None = None                   # cap on real images (tests)
     init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
@@ -235,6 +238,13 @@ class GeneratorTrainer:
         assert band and 0 <= band[0] and band[-1] < self.G.num_ws, band
         return band
 
+    def _geometry_params(self) -> list:
+        """G's constant input and synthesis convs up to ``id_band_geometry_res`` (no mapping, no toRGB)."""
+        G, res = self.G, self.cfg.id_band_geometry_res
+        n_convs = 2 * max(0, int(math.log2(res)) - 2)                        # convs come in pairs from 8 px up
+        mods = [G.input, G.conv1] + list(G.convs[:n_convs])
+        return [p for m in mods for p in m.parameters() if p.requires_grad]
+
     def _identity_step(self) -> dict:
         """Recogniser terms on G, every ``id_diversity_every`` steps (weights scaled up to match).
         Diversity: few-identity collapse limits the method (docs/models.md), so the embeddings of samples with
@@ -255,7 +265,7 @@ class GeneratorTrainer:
             e = self.id_net.embed_ffhq(x.contiguous())                       # unit norm
             assert e.shape[0] == n, e.shape
             return x, e
-        stats, loss = {}, w.new_zeros(())
+        stats, loss, geo = {}, w.new_zeros(()), w.new_zeros(())         # geo: the landmark and framing terms
         ws = w.unsqueeze(1).repeat(1, G.num_ws, 1)
         if cfg.id_diversity > 0:
             x, e = embed(ws)
@@ -294,14 +304,22 @@ class GeneratorTrainer:
                 lm_b = self.lm_net(x_b)
                 if cfg.id_band_landmarks > 0:
                     shift = self.lm_net.shift(lm_x, lm_b).mean()
-                    loss = loss + shift * cfg.id_band_landmarks
+                    geo = geo + shift * cfg.id_band_landmarks
                     stats.update(band_lm_shift=float(shift.detach()))
                 if cfg.id_band_framing > 0:
                     fr = self.lm_net.framing_shift(lm_x, lm_b).mean()
-                    loss = loss + fr * cfg.id_band_framing
+                    geo = geo + fr * cfg.id_band_framing
                     stats.update(band_framing=float(fr.detach()))
         self.opt_G.zero_grad(set_to_none=True)
-        (loss * cfg.id_diversity_every).backward()
+        if cfg.id_band_geometry_res is not None and geo.requires_grad:
+            params = self._geometry_params()
+            grads = torch.autograd.grad(geo * cfg.id_diversity_every, params, retain_graph=True, allow_unused=True)
+            (loss * cfg.id_diversity_every).backward()
+            for p, g in zip(params, grads):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad + g
+        else:
+            ((loss + geo) * cfg.id_diversity_every).backward()
         self.opt_G.step()
         return stats
 
