@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from faceanonymixer.eval.models_report import detect_batch, embed_ffhq, mix, pose_change, seed_ws, synth
+from faceanonymixer.eval.models_report import (detect_batch, embed_ffhq, mix, parse_ranges, pose_change, seed_ws,
+                                               synth)
 from faceanonymixer.fr import get_recogniser
 from faceanonymixer.models.landmarks68 import Landmarks68, framing_shift
 from faceanonymixer.models.loading import load_generator
@@ -25,14 +26,13 @@ BANDS = "1-6,7-9,0,all"
 
 
 def parse_band(text: str, num_ws: int) -> list[int]:
-    """'1-6' / '0' / 'all' -> W+ layer indices."""
+    """'1-6' / '0' / 'all' -> W+ layer indices (ranges as the model report's --mix-layers)."""
     if text == "all":
         return list(range(num_ws))
-    lo, _, hi = text.partition("-")
-    layers = list(range(int(lo), int(hi or lo) + 1))
-    if not layers or layers[-1] >= num_ws:
+    (lo, hi), = parse_ranges(text)
+    if hi >= num_ws:
         raise SystemExit(f"band {text!r}: layers must lie in 0..{num_ws - 1}")
-    return layers
+    return list(range(lo, hi + 1))
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ import argparse
 
 import torch
 
-from faceanonymixer.eval.models_report import detect_batch, embed_ffhq, mix, pose_change, seed_ws, synth
+from faceanonymixer.eval.models_report import (detect_batch, embed_ffhq, mix, parse_ranges, pose_change, seed_ws,
+                                               synth)
 from faceanonymixer.fr import get_recogniser
 from faceanonymixer.models.landmarks68 import Landmarks68, similarity_fit
 from faceanonymixer.models.loading import load_generator
@@ -43,8 +44,8 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     G = load_generator(a.generator)
-    lo, _, hi = a.band.partition("-")
-    band = list(range(int(lo), int(hi or lo) + 1))
+    (lo, hi), = parse_ranges(a.band)
+    band = list(range(lo, hi + 1))
     avg = G.latent_avg.detach().double()
     lm, sface = Landmarks68(), get_recogniser("sface")
 
