@@ -59,8 +59,12 @@ def test_protect_cli_continues_past_bad_items(tiny, tmp_path, capsys):
                tiny) == 1
     out = capsys.readouterr()
     assert "3 item(s) failed" in out.err and "b.jpg" in out.err and "c.png" in out.err and "missing" in out.err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.json", "a.png"]
-    assert secret not in out.out + out.err + (tmp_path / "out" / "a.json").read_text()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
+        "faceanonymixer-run.json", "obama"]                       # always OUT/<person>/, whatever failed
+    assert sorted(p.name for p in (tmp_path / "out" / "obama").iterdir()) == ["a.json", "a.png"]
+    side = (tmp_path / "out" / "obama" / "a.json").read_text()
+    assert secret not in out.out + out.err + side
+    assert "obama" not in side and "a.jpg" not in side            # the sidecar names neither person nor source
     # wrong key file: clean error naming it
     (tmp_path / "bad.key").write_text("nonsense")
     assert run(["protect", str(src), "--key", str(tmp_path / "bad.key"), "--out", str(tmp_path / "o2")], tiny) == 2
@@ -90,7 +94,11 @@ def test_enrol_verify_revoke_mechanics(tiny, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip())["match"] is False
     with Gallery(db) as g:
         assert g.templates("obama") == [] and g.is_revoked("obama", json.loads(json.dumps(v))["key_fingerprint"])
-    assert run(["revoke", "obama", str(SAMPLES / "obama.jpg"), "--gallery", db, "--new-key", k2], tiny) == 0
+    assert run(["revoke", "obama", str(SAMPLES / "obama.jpg"), "--gallery", db, "--new-key", k2], tiny) == 2
+    assert "already revoked" in capsys.readouterr().out          # a revoked person is re-enrolled with enrol
+    assert run(["enrol", "obama", str(SAMPLES / "obama.jpg"), "--key", k1, "--gallery", db], tiny) == 2
+    assert "revoked" in capsys.readouterr().out                  # the old key never comes back
+    assert run(["enrol", "obama", str(SAMPLES / "obama.jpg"), "--gallery", db, "--key", k2], tiny) == 0
     with Gallery(db) as g:
         assert len(g.templates("obama")) == 1 and g.templates("obama")[0][0] != v["key_fingerprint"]
 
@@ -140,8 +148,9 @@ def test_revoked_key_no_longer_matches_with_embedded_models(tmp_path, capsys):
     assert run(["verify", "obama", str(SAMPLES / "obama3.jpg"), "--key", k2, "--gallery", db] + s) == 0
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     old_key, new_key = out[-2], out[-1]
-    assert old_key["threshold"] == new_key["threshold"] > 0.363     # the calibrated one, not OpenCV's real-face value
-    assert not old_key["match"] and new_key["match"] and old_key["score"] < new_key["threshold"] <= new_key["score"]
+    assert not old_key["match"] and old_key["reason"] == "key revoked for this person"   # refused outright
+    assert new_key["threshold"] > 0.363     # the calibrated one, not OpenCV's real-face value
+    assert new_key["match"] and new_key["threshold"] <= new_key["score"]
 
 
 @pytest.mark.skipif(not _embedded_models_present(), reason="embedded fam-stylegan2-64 / fam-e4e-64 weights not present")

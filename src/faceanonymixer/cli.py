@@ -8,6 +8,7 @@ import logging
 import sys
 
 from .errors import FaceAnonyMixerError
+from .fileio import shown
 
 # (subcommand, module). Order = order in --help.
 COMMANDS = [
@@ -21,6 +22,7 @@ COMMANDS = [
     ("enrol", "faceanonymixer.workflow"),
     ("verify", "faceanonymixer.workflow"),
     ("revoke", "faceanonymixer.workflow"),
+    ("gallery", "faceanonymixer.workflow"),
     ("evaluate", "faceanonymixer.eval.evaluate"),
     ("model-report", "faceanonymixer.eval.models_report"),
 ]
@@ -35,24 +37,42 @@ EXAMPLES = """examples:
   faceanonymixer enrol alice photos/alice --key alice.key --gallery gallery.db
   faceanonymixer verify alice probe.jpg --key alice.key --gallery gallery.db
   faceanonymixer revoke alice --new-key alice2.key --gallery gallery.db
+  faceanonymixer gallery check --gallery gallery.db
   faceanonymixer evaluate --config configs/eval.yaml --max-people 100 --out report/
   faceanonymixer model-report --out runs/model_report   # quality of the embedded generator/encoder
 """
 
 
+class SafeParser(argparse.ArgumentParser):
+    """argparse without prefix matching (``--passphrase`` must not silently become ``--passphrase-env``) and
+    whose errors never repeat the values of options it did not recognise (they may be secrets)."""
+
+    def __init__(self, *a, **kw):
+        kw["allow_abbrev"] = False
+        super().__init__(*a, **kw)
+
+    def parse_args(self, args=None, namespace=None):
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            opts = sorted({a.split("=", 1)[0] for a in extras if a.startswith("-")})
+            msg = (f"unrecognised option(s): {', '.join(shown(o) for o in opts)}" if opts else
+                   f"{len(extras)} unexpected value(s)") + " (values not shown)"
+            if any(o.startswith("--pass") for o in opts):
+                msg += (". A passphrase is never taken on the command line (it shows in `ps` and shell history; if "
+                        "you typed one, choose another): put it in an environment variable and pass --passphrase-env "
+                        "VAR")
+            self.error(msg)
+        return ns
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faceanonymixer",
+    parser = SafeParser(prog="faceanonymixer",
                                      description="Cancelable faces: key-controlled StyleGAN2 latent mixing (FaceAnonyMixer).",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SafeParser)
     for name, modname in COMMANDS:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as e:  # a module not written yet: the subcommand is simply absent
-            if e.name == modname:
-                continue
-            raise
+        mod = importlib.import_module(modname)
         # A module may serve several subcommands (workflow): it then exposes COMMANDS[name] = (help, add, run).
         if hasattr(mod, "SUBCOMMANDS"):
             if name not in mod.SUBCOMMANDS:
@@ -77,7 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except FaceAnonyMixerError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written is left behind; run the same command again to resume "
+              "(protect continues where it stopped)", file=sys.stderr)
+        return 130
+    except OSError as e:   # disk full, permissions, a vanished file: a message, not a traceback
+        what = shown(e.filename) + ": " if e.filename else ""
+        print(f"error: {what}{e.strerror or e}", file=sys.stderr)
         return 2
 
 

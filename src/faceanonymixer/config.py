@@ -27,11 +27,58 @@ def _build(cls, data: dict, where: str):
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys: {sorted(names)}")
     kwargs = {}
+    limits = getattr(cls, "LIMITS", {})
     for k, v in data.items():
         t = hints[k]
         sub = _dataclass_type(t)
-        kwargs[k] = _build(sub, v, f"{where}.{k}") if sub is not None and isinstance(v, dict) else v
+        if sub is not None and isinstance(v, dict):
+            kwargs[k] = _build(sub, v, f"{where}.{k}")
+            continue
+        v = _checked(v, t, f"{where}.{k}")
+        if k in limits and v is not None:
+            lo, hi = limits[k]
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                rng = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]"
+                raise ConfigError(f"{where}.{k} must be {rng}, got {v!r}")
+        kwargs[k] = v
     return cls(**kwargs)
+
+
+def _checked(v, t, where: str):
+    """``v`` if it has type ``t`` (ints are accepted for floats), else ConfigError naming the key. Only the types
+    configs use are checked (bool, int, float, str, list[...], X | None); anything else passes."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if isinstance(t, types.UnionType) or origin is typing.Union:
+        if v is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _checked(v, a, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0] if errors else ConfigError(f"{where} must not be null")
+    if t is bool:
+        if isinstance(v, bool):
+            return v
+    elif t is int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+    elif t is float:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    elif t is str:
+        if isinstance(v, str):
+            return v
+    elif origin is list:
+        if isinstance(v, list):
+            return [_checked(x, args[0], f"{where}[{i}]") for i, x in enumerate(v)] if args else v
+    else:
+        return v
+    name = getattr(t, "__name__", str(t))
+    raise ConfigError(f"{where} must be {name}, got {v!r} ({type(v).__name__})")
 
 
 def _dataclass_type(t):

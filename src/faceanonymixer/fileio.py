@@ -30,3 +30,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
             pass
         raise
     return path
+
+
+def shown(x) -> str:
+    """A path or name as it may be printed: control characters (a newline in a file name) escaped, so that a
+    message is one line and cannot forge another."""
+    s = str(x)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)

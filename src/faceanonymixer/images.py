@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ImageError
+from .fileio import shown
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,13 @@ MIN_SIDE = 16                 # smaller than this cannot hold a recognisable fac
 MAX_PIXELS = 40_000_000       # above this the photo is decoded reduced and downscaled to MAX_SIDE
 MAX_SIDE = 4096               # longest side after downscaling a huge photo
 BOMB_PIXELS = 178_000_000     # above this we refuse to decode at all (decompression-bomb guard; = Pillow's hard limit)
+FULL_DECODE_PIXELS = MAX_PIXELS  # formats that cannot be decoded reduced (all but JPEG) are refused above this:
+                                 # decoding them whole would take up to 8 bytes a pixel (16-bit RGBA)
+# The decoders we open, and nothing else (Pillow would otherwise hand e.g. an EPS named .jpg to Ghostscript).
+# JPEG's decoder also opens phone cameras' multi-picture JPEGs (format "MPO"). Only those this Pillow has.
+Image.init()
+FORMATS = tuple(f for f in ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "PPM", "JPEG2000", "AVIF")
+                if f in Image.OPEN)
 
 _WHITE = (255, 255, 255)
 
@@ -40,10 +48,14 @@ def _to_rgb(im: Image.Image, path) -> Image.Image:
     if mode == "RGB":
         return im
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        # 16/32-bit greyscale: Pillow's convert() clips to 255 instead of scaling, so scale ourselves.
-        a = np.asarray(im).astype(np.float64)
-        hi = 65535.0 if (mode.startswith("I;16") or a.max() > 255) else 255.0
-        a = np.clip(np.rint(a * (255.0 / hi)), 0, 255).astype(np.uint8)
+        # 16/32-bit greyscale: Pillow's convert() clips to 255 instead of scaling, so scale ourselves
+        # (integer arithmetic: no float64 copy of a large image).
+        a = np.asarray(im)
+        if mode.startswith("I;16") or a.max() > 255:
+            a = np.clip(a, 0, 65535).astype(np.uint32)
+            a = ((a * 255 + 32767) // 65535).astype(np.uint8)
+        else:
+            a = np.clip(a, 0, 255).astype(np.uint8)
         return Image.fromarray(np.repeat(a[:, :, None], 3, axis=2), "RGB")
     if mode == "F":
         a = np.asarray(im).astype(np.float64)
@@ -82,34 +94,41 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, max_side: 
     (< ``min_side`` px) or absurdly large (> BOMB_PIXELS, a decompression bomb) files.
     """
     path = Path(path)
+    where = shown(path)
     if not path.exists():
-        raise _err(path, "file not found", "Check the path.")
+        raise _err(where, "file not found", "Check the path.")
     if path.is_dir():
-        raise _err(path, "is a folder, not an image file", "Pass the image files, or use a command that takes folders.")
+        raise _err(where, "is a folder, not an image file", "Pass the image files, or use a command that takes folders.")
+    if not path.is_file():   # a FIFO would block the read, a device (/dev/zero) never ends
+        raise _err(where, "is not a regular file (a FIFO, socket or device)", "Pass image files only.")
     try:
         with warnings.catch_warnings():
             # Our limits below replace Pillow's warning (its hard error, at 2x its limit, is turned into ours).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(path, formats=FORMATS)
     except Image.DecompressionBombError as e:
-        raise _err(path, f"is over the safety limit for image size, a possible decompression bomb ({e})",
+        raise _err(where, f"is over the safety limit for image size, a possible decompression bomb ({e})",
                    f"Downscale it to at most {max_side} px on the long side first.") from None
     except PermissionError:
-        raise _err(path, "permission denied", "Make the file readable.") from None
+        raise _err(where, "permission denied", "Make the file readable.") from None
+    except Image.UnidentifiedImageError:
+        raise _err(where, f"not an image in a supported format ({', '.join(FORMATS)})",
+                   "Is it really an image? Convert it to JPEG or PNG and try again.") from None
     except (OSError, ValueError, SyntaxError) as e:
-        raise _err(path, f"not a readable image ({type(e).__name__}: {e})",
+        raise _err(where, f"not a readable image ({type(e).__name__}: {shown(e)})",
                    "Is it really an image? Convert it to JPEG or PNG and try again.") from None
     with im:
         w, h = im.size
-        if w * h > BOMB_PIXELS:
-            raise _err(path, f"claims to be {w}x{h} px ({w * h / 1e6:.0f} Mpx), over the {BOMB_PIXELS / 1e6:.0f} Mpx "
-                             "safety limit (possible decompression bomb)",
+        if w * h > BOMB_PIXELS or (im.format not in ("JPEG", "MPO") and w * h > FULL_DECODE_PIXELS):
+            raise _err(where, f"claims to be {w}x{h} px ({w * h / 1e6:.0f} Mpx), over the "
+                             f"{(BOMB_PIXELS if im.format in ('JPEG', 'MPO') else FULL_DECODE_PIXELS) / 1e6:.0f} Mpx "
+                             f"safety limit for {im.format} (possible decompression bomb)",
                        f"Downscale it to at most {max_side} px on the long side first.")
         if min(w, h) < min_side:
-            raise _err(path, f"image is only {w}x{h} px", f"Use a photo at least {min_side} px on each side "
+            raise _err(where, f"image is only {w}x{h} px", f"Use a photo at least {min_side} px on each side "
                                                           "(faces need ~100 px for good results).")
         huge = w * h > max_pixels
-        if huge and im.format == "JPEG":
+        if huge and im.format in ("JPEG", "MPO"):
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 100 Mpx JPEG never gets fully decoded.
             scale = max_side / max(w, h)
             im.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
@@ -122,7 +141,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, max_side: 
         except ImageError:
             raise
         except (OSError, ValueError, SyntaxError, MemoryError) as e:
-            raise _err(path, f"the image data is damaged or truncated ({type(e).__name__}: {e})",
+            raise _err(where, f"the image data is damaged or truncated ({type(e).__name__}: {shown(e)})",
                        "Re-export or re-download the file.") from None
         if huge:
             rw, rh = rgb.size
@@ -133,7 +152,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, max_side: 
                         path, w, h, w * h / 1e6, *rgb.size)
         arr = np.asarray(rgb, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise _err(path, f"could not be converted to RGB (got array {arr.shape})", "Convert it to JPEG or PNG.")
+        raise _err(where, f"could not be converted to RGB (got array {arr.shape})", "Convert it to JPEG or PNG.")
     return np.ascontiguousarray(arr)
 
 
@@ -170,14 +189,16 @@ def list_images(dir_or_files: str | os.PathLike | Iterable[str | os.PathLike], r
         p = Path(item)
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
-            found = sorted(q for q in it if q.is_file() and _is_image_name(q)
+            # Not only regular files: a FIFO, device or broken link named like an image is kept so that
+            # read_image lists it as a failed item instead of it vanishing silently.
+            found = sorted(q for q in it if not q.is_dir() and _is_image_name(q)
                            and not any(part.startswith(".") for part in q.relative_to(p).parts))
             out.extend(found)
-        elif p.is_file():
-            out.append(p)
+        elif p.exists() or p.is_symlink():
+            out.append(p)                  # read_image names what is wrong with a non-regular file
         else:
-            raise ImageError(f"{p}: no such file or folder. Check the path.")
+            raise ImageError(f"{shown(p)}: no such file or folder. Check the path.")
     if not out and not allow_empty:
-        where = ", ".join(str(i) for i in items) or "(nothing given)"
+        where = ", ".join(shown(i) for i in items) or "(nothing given)"
         raise ImageError(f"no images found in {where}. Expected files ending in {', '.join(IMAGE_EXTENSIONS[:6])}, ...")
     return out

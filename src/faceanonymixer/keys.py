@@ -22,11 +22,13 @@ import hashlib
 import hmac
 import os
 import secrets as _secrets
+import stat
 from pathlib import Path
 
 import torch
 
 from .errors import KeyFileError
+from .fileio import atomic_write, shown
 
 KEY_BYTES = 32                                  # 256-bit secrets
 HEADER = "faceanonymixer-key v1"
@@ -35,6 +37,7 @@ DEFAULT_PSI = 0.7                               # truncation of the key's w (pap
 _FP_LABEL = b"faceanonymixer/fingerprint/v1"
 _SCRYPT = dict(n=2 ** 14, r=8, p=1)             # ~16 MiB, ~50 ms: interactive-strength passphrase stretching
 _PASS_SALT = b"faceanonymixer/passphrase/v1|"
+_MAX_KEY_FILE = 4096                            # bytes; a key file is ~90
 
 
 class Key:
@@ -125,34 +128,43 @@ def write_key_file(path: str | os.PathLike, key: Key | None = None, overwrite: b
     an existing file unless ``overwrite``. Returns the key."""
     path = Path(path)
     key = key or Key.generate()
-    if path.exists() and not overwrite:
-        raise KeyFileError(f"{path} already exists; refusing to overwrite a key (delete it first or choose another name)")
-    from .fileio import atomic_write
-    atomic_write(path, lambda f: f.write(f"{HEADER}\n{key._secret.hex()}\n"), binary=False, mode=0o600)
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise KeyFileError(f"{shown(path)} already exists; refusing to overwrite a key (delete it first or choose "
+                           "another name)")
+    if not path.parent.is_dir():
+        raise KeyFileError(f"cannot write key file {shown(path)}: folder {shown(path.parent)} does not exist")
+    try:
+        atomic_write(path, lambda f: f.write(f"{HEADER}\n{key._secret.hex()}\n"), binary=False, mode=0o600)
+    except OSError as e:
+        raise KeyFileError(f"cannot write key file {shown(path)} ({e.strerror or e}); choose a writable place") from None
     return key
 
 
 def read_key_file(path: str | os.PathLike) -> Key:
     """Read a key file; raises KeyFileError naming the file (never quoting its content)."""
     path = Path(path)
+    where = shown(path)
     todo = "Check the path, or make a new key with `faceanonymixer keygen --out FILE`."
-    if not path.is_file():
-        raise KeyFileError(f"key file {path} does not exist or is not a file. {todo}")
+    if not path.is_file():   # also refuses a FIFO or a device such as /dev/zero, which would never end
+        raise KeyFileError(f"key file {where} does not exist or is not a regular file. {todo}")
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise KeyFileError(f"key file {where} is not a regular file. {todo}")
+            raw = f.read(_MAX_KEY_FILE + 1)      # never more: a huge file is refused, not read whole
     except OSError as e:
-        raise KeyFileError(f"key file {path} cannot be read ({e.strerror}). {todo}") from None
-    if len(raw) > 4096:
-        raise KeyFileError(f"key file {path} is too large to be a faceanonymixer key. {todo}")
+        raise KeyFileError(f"key file {where} cannot be read ({e.strerror}). {todo}") from None
+    if len(raw) > _MAX_KEY_FILE:
+        raise KeyFileError(f"key file {where} is too large to be a faceanonymixer key. {todo}")
     try:
         lines = raw.decode("ascii").split()
     except UnicodeDecodeError:
-        raise KeyFileError(f"key file {path} is not a faceanonymixer key (binary content). {todo}") from None
+        raise KeyFileError(f"key file {where} is not a faceanonymixer key (binary content). {todo}") from None
     if len(lines) < 3 or " ".join(lines[:2]) != HEADER or len(lines) != 3:
-        raise KeyFileError(f"key file {path} is not a faceanonymixer key (missing or wrong header '{HEADER}'). {todo}")
+        raise KeyFileError(f"key file {where} is not a faceanonymixer key (missing or wrong header '{HEADER}'). {todo}")
     body = lines[2]
     if len(body) != 2 * KEY_BYTES or any(c not in "0123456789abcdefABCDEF" for c in body):
-        raise KeyFileError(f"key file {path} is malformed: expected {2 * KEY_BYTES} hex characters after the header. {todo}")
+        raise KeyFileError(f"key file {where} is malformed: expected {2 * KEY_BYTES} hex characters after the header. {todo}")
     mode = path.stat().st_mode & 0o077
     if mode:
         import logging
@@ -167,6 +179,6 @@ def load_key(spec, passphrase: str | None = None, salt: str = "") -> Key:
         return spec
     if spec is None:
         if passphrase is None:
-            raise KeyFileError("no key given: pass --key FILE (faceanonymixer keygen makes one) or --passphrase")
+            raise KeyFileError("no key given: pass a key file (faceanonymixer keygen makes one) or a passphrase")
         return Key.from_passphrase(passphrase, salt)
     return read_key_file(spec)

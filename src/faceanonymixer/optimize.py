@@ -33,6 +33,8 @@ class OptimConfig:
     augment_copies: int = 5                          # copies for single-image people (0 = off)
     noise_mode: str = "const"                        # generator noise: const keeps the output deterministic
 
+    LIMITS = dict(steps=(0, None), lr=(0.0, None), gamma=(0.0, None), augment_copies=(0, None))  # config.load checks
+
 
 @dataclass
 class Group:

@@ -63,6 +63,8 @@ class RefineConfig:
     w_mse: float = 1.0
     w_perc: float = 0.01
 
+    LIMITS = dict(steps=(0, None), lr=(0.0, None))    # checked by config.load
+
 
 def refine_latents(generator, ws: torch.Tensor, x: torch.Tensor, rc: RefineConfig, attr=None,
                    noise_mode: str = "const") -> torch.Tensor:
@@ -99,6 +101,8 @@ class ProtectConfig:
     batch_people: int = 16                # people optimised together in one batched pass
     face: str = "single"                  # several faces in a photo: 'single' (error unless one dominates),
                                           # 'largest' or 'center' (align.select_face)
+
+    LIMITS = dict(batch_people=(1, None))              # checked by config.load
 
 
 DEFAULT_THRESHOLD = 0.363                 # OpenCV's SFace cosine threshold for real faces
@@ -198,7 +202,7 @@ class Protector:
         if self.config.face not in FACE_SELECT:
             from .config import ConfigError
             raise ConfigError(f"protect.face must be one of {FACE_SELECT}, got {self.config.face!r}")
-        self.device = torch.device(device or self.config.models.device)
+        self.device = _device(device or self.config.models.device)
         self.model_info: dict[str, dict] = {}
         if generator is None:
             from .models.loading import load_generator
@@ -358,34 +362,84 @@ class Protector:
             raise ImageError("; ".join(m for _, m in br.failures))
         return br.results[0]
 
-    def sidecar(self, result: PersonResult, index: int) -> dict:
-        """Metadata for one protected image: never the key, never a latent."""
-        return dict(format="faceanonymixer-protected", version=FORMAT_VERSION, source=Path(result.sources[index]).name,
-                    person=result.name, key_fingerprint=result.key_fingerprint,
-                    config_hash=config_mod.config_hash(self.config), resolution=self.resolution,
-                    mixing=self.plan.describe(), key_psi=key_psi(self.generator, self.config.key.psi),
-                    models=self.model_info, timings=result.timings)
+    def sidecar(self, result: PersonResult, index: int, png: bytes | None = None) -> dict:
+        """Metadata for one protected image: never the key, never a latent, and nothing that names the person or
+        the source photo (whoever receives the protected image must not learn whose it is: output file and
+        folder names are the user's choice, a private manifest is opt-in, see batch.py). ``png``: the image's
+        encoded bytes; their sha256 binds the sidecar to its image (an image+sidecar pair is checkable)."""
+        side = dict(format="faceanonymixer-protected", version=FORMAT_VERSION,
+                    key_fingerprint=result.key_fingerprint, config_hash=config_mod.config_hash(self.config),
+                    resolution=self.resolution, mixing=self.plan.describe(),
+                    key_psi=key_psi(self.generator, self.config.key.psi), models=self.model_info)
+        if png is not None:
+            side["image_sha256"] = hashlib.sha256(png).hexdigest()
+        return side
 
 
-def save_person(result: PersonResult, out_dir, protector: Protector) -> list[Path]:
-    """Write each protected image as ``<out_dir>/<stem>.png`` plus ``<stem>.json`` (atomic). Returns PNG paths."""
-    from .images import write_png_atomic
-    out_dir = Path(out_dir)
-    paths, used = [], set()
-    for i in range(result.images.shape[0]):
-        stem = Path(result.sources[i]).stem or f"img{i}"
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """HxWx3 uint8 -> PNG bytes (deterministic for the same array)."""
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def output_stems(sources: Sequence[str]) -> list[str]:
+    """One output file stem per source: the source's stem, made unique within the person by appending '_'."""
+    out, used = [], set()
+    for i, src in enumerate(sources):
+        stem = Path(src).stem or f"img{i}"
         while stem in used:
             stem += "_"
         used.add(stem)
-        p = write_png_atomic(out_dir / f"{stem}.png", to_uint8(result.images[i]))
-        _write_json_atomic(out_dir / f"{stem}.json", protector.sidecar(result, i))
-        paths.append(p)
+        out.append(stem)
+    return out
+
+
+def person_files(result: PersonResult, protector: Protector) -> dict[str, bytes]:
+    """{file name: bytes} of one protected person: ``<stem>.png`` and its sidecar ``<stem>.json``."""
+    files = {}
+    for i, stem in enumerate(output_stems(result.sources)):
+        png = png_bytes(to_uint8(result.images[i]))
+        files[f"{stem}.png"] = png
+        files[f"{stem}.json"] = (json.dumps(protector.sidecar(result, i, png), indent=1, sort_keys=True)
+                                 + "\n").encode()
+    return files
+
+
+def save_person(result: PersonResult, out_dir, protector: Protector) -> list[Path]:
+    """Write each protected image as ``<out_dir>/<stem>.png`` plus ``<stem>.json`` (each file atomic; for a
+    whole batch with resume and an atomic commit per person use ``batch.protect_dataset``). Returns PNG paths."""
+    from .fileio import atomic_write
+    out_dir = Path(out_dir)
+    paths = []
+    for name, data in person_files(result, protector).items():
+        p = atomic_write(out_dir / name, lambda f, d=data: f.write(d))
+        if name.endswith(".png"):
+            paths.append(p)
     return paths
 
 
 def _write_json_atomic(path: Path, obj) -> None:
     from .fileio import atomic_write
     atomic_write(path, lambda f: json.dump(obj, f, indent=1, sort_keys=True), binary=False)
+
+
+def _device(spec: str) -> torch.device:
+    """torch.device from the config, with a clear error for a device this machine does not have."""
+    from .config import ConfigError
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"protect.models.device: '{spec}' is not a device name; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"protect.models.device is '{spec}' but this torch sees no CUDA GPU; use "
+                          "--set protect.models.device=cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"protect.models.device: '{spec}' is not supported; use cpu or cuda")
+    return dev
 
 
 def _file_info(name_or_path: str) -> dict:

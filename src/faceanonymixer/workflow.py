@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,13 +25,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .batch import MANIFEST, check_out, plan_people, protect_dataset
 from .errors import FaceAnonyMixerError, ImageError, KeyFileError
+from .fileio import shown
+from .gallery import Gallery
+from .images import list_images
 from .keys import Key, load_key, read_key_file, write_key_file
 
 log = logging.getLogger(__name__)
 
 
 # -- shared helpers ----------------------------------------------------------------------------------------
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _add_common(p, key=True):
     p.add_argument("--config", help="YAML config (default: built-in defaults, see configs/default.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -38,7 +46,8 @@ def _add_common(p, key=True):
     if key:
         p.add_argument("--key", help="key file (faceanonymixer keygen)")
         p.add_argument("--passphrase-env", metavar="VAR",
-                       help="read a passphrase from environment variable VAR instead of a key file")
+                       help="read a passphrase from environment variable VAR instead of a key file (the passphrase "
+                            "itself is never taken on the command line: it would show in `ps` and shell history)")
         p.add_argument("--salt", default="", help="public per-user salt for --passphrase-env")
 
 
@@ -47,15 +56,24 @@ def _config(args):
     return load_config(args.config, args.set)
 
 
+def _passphrase_key(var: str, salt: str, flag: str) -> Key:
+    if not _ENV_NAME.fullmatch(var):
+        # Never echo it: a user who typed the passphrase itself here must not see it printed again (logs, CI).
+        raise KeyFileError(f"{flag} takes the NAME of an environment variable (letters, digits, _), not a passphrase. "
+                           f"Do: read -rs FAM_PASS && export FAM_PASS, then pass {flag} FAM_PASS. If you typed the "
+                           "passphrase here, it is in your shell history: choose another one.")
+    if var not in os.environ:
+        raise KeyFileError(f"environment variable {var} is not set (it should hold the passphrase)")
+    return load_key(None, passphrase=os.environ[var], salt=salt)
+
+
 def _key(args, attr="key") -> Key:
     path = getattr(args, attr, None)
     if path:
         return read_key_file(path)
     var = getattr(args, "passphrase_env", None)
     if var:
-        if var not in os.environ:
-            raise KeyFileError(f"environment variable {var} is not set (it should hold the passphrase)")
-        return load_key(None, passphrase=os.environ[var], salt=args.salt)
+        return _passphrase_key(var, args.salt, "--passphrase-env")
     raise KeyFileError("no key given: pass --key FILE (make one with `faceanonymixer keygen --out FILE`) "
                        "or --passphrase-env VAR")
 
@@ -84,13 +102,17 @@ def _report_bad(bad: list[tuple[str, str]]) -> int:
         return 0
     print(f"\n{len(bad)} item(s) failed:", file=sys.stderr)
     for item, msg in bad:
-        print(f"  {item}: {msg}", file=sys.stderr)
+        print(f"  {shown(item)}: {shown(msg)}", file=sys.stderr)
     return 1
 
 
 @torch.no_grad()
 def _embed(matcher, images: torch.Tensor) -> np.ndarray:
     return matcher.embed_ffhq(images.to(matcher.device if hasattr(matcher, "device") else "cpu")).cpu().numpy()
+
+
+def _gallery_path(args, cfg) -> str:
+    return args.gallery or cfg.workflow.gallery
 
 
 # -- keygen ------------------------------------------------------------------------------------------------
@@ -101,71 +123,67 @@ def add_keygen(p):
 
 def run_keygen(args) -> int:
     key = write_key_file(args.out, overwrite=args.force)
-    print(f"wrote {args.out} (fingerprint {key.fingerprint}); keep it secret, it cannot be recovered")
+    print(f"wrote {shown(args.out)} (fingerprint {key.fingerprint}); keep it secret, it cannot be recovered")
     return 0
 
 
 # -- protect -----------------------------------------------------------------------------------------------
 def add_protect(p):
     p.add_argument("inputs", nargs="+", help="image files or folders (sub-folders = one person each)")
-    p.add_argument("--out", required=True, help="output folder (PNG + sidecar JSON per image)")
+    p.add_argument("--out", required=True, help="output folder: OUT/<person>/<photo>.png + sidecar .json; must not "
+                   "overlap an input")
+    p.add_argument("--overwrite", action="store_true", help="replace person folders in OUT that this run did not "
+                   "make (another key or config, or foreign files); without it they are never touched")
+    p.add_argument("--resume", action="store_true", help="require OUT to hold an interrupted run to continue "
+                   "(a re-run with the same key and config resumes anyway)")
+    p.add_argument("--private-manifest", metavar="FILE", help="also write FILE (mode 0600, outside OUT) mapping each "
+                   "output to its person and source photo; the sidecars never name them")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_common(p)
 
 
 def collect_people(inputs: list[str]) -> tuple[list[tuple[str, list[Path]]], list[tuple[str, str]]]:
-    """[(person, images)] from CLI inputs, plus bad inputs."""
-    from .images import list_images
-    people, loose, bad = [], [], []
-    for inp in inputs:
-        p = Path(inp)
-        try:
-            if p.is_dir():
-                subs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
-                if subs:
-                    for d in subs:
-                        people.append((d.name, list_images(d)))
-                    direct = list_images(p, allow_empty=True)
-                    if direct:
-                        people.append((p.name, direct))
-                else:
-                    people.append((p.name, list_images(p)))
-            else:
-                loose += list_images(p)
-        except ImageError as e:
-            bad.append((inp, str(e)))
-    if loose:
-        people.append((loose[0].parent.name or "person", loose))
-    return people, bad
+    """[(person, images)] from CLI inputs, plus bad inputs (batch.plan_people)."""
+    units, bad = plan_people(inputs)
+    return [(u.name, u.images) for u in units], bad
 
 
 def run_protect(args) -> int:
-    from .pipeline import save_person
     cfg = _config(args)
     key = _key(args)
-    people, bad = collect_people(args.inputs)
-    prot = _protector(args, cfg)
-    res = prot.protect_people([imgs for _, imgs in people], key, [n for n, _ in people])
-    bad += res.failures
     out = Path(args.out)
-    for r in res.results:
-        sub = out / r.name if len(people) > 1 else out
-        for path in save_person(r, sub, prot):
-            print(f"wrote {path}")
-    log.info("key %s, %d person(s) protected", key.fingerprint, len(res.results))
+    units, bad = plan_people(args.inputs)
+    check_out(out, args.inputs)                 # before loading any model: overlap, file, writable
+    if not units:
+        _report_bad(bad)
+        raise ImageError("no person to protect: every input failed (listed above)")
+    prot = _protector(args, cfg) if getattr(args, "protector", None) is not None else _protect_protector(cfg)
+    res = protect_dataset(prot, units, key, out, overwrite=args.overwrite, resume=args.resume,
+                          private_manifest=args.private_manifest, progress=not args.no_progress)
+    bad += res.failures
+    print(f"key {key.fingerprint}: {len(res.written)} person(s), {res.images} image(s) written to {shown(out)}"
+          + (f"; {len(res.skipped)} already done (resumed)" if res.skipped else "")
+          + f"; manifest {shown(out / MANIFEST)}")
     return _report_bad(bad)
+
+
+def _protect_protector(cfg):
+    """`protect` keeps the paper's setting (no key anchor)."""
+    from .pipeline import Protector
+    return Protector(cfg.protect)
 
 
 # -- enrol / verify / revoke ----------------------------------------------------------------------------------
 def add_enrol(p):
     p.add_argument("person", help="person id in the gallery")
     p.add_argument("images", nargs="+", help="the person's photos (files or a folder)")
-    p.add_argument("--gallery", help="SQLite gallery (default: workflow.gallery)")
+    p.add_argument("--gallery", help="SQLite gallery (default: workflow.gallery; created if missing, in an "
+                   "existing folder)")
     _add_common(p)
 
 
-def _enrol(args, cfg, prot, key, person, inputs) -> tuple[int, list]:
-    from .gallery import Gallery
-    from .images import list_images
+def _protect_enrolment(args, cfg, prot, key, person, inputs) -> tuple[np.ndarray, list, str, list]:
+    """Protect a person's photos -> (embeddings, protected uint8 images, matcher name, bad items)."""
     from .pipeline import to_uint8
     bad, files = [], []
     for i in inputs:
@@ -177,21 +195,26 @@ def _enrol(args, cfg, prot, key, person, inputs) -> tuple[int, list]:
     if res is not None:
         bad += res.failures
     if not res or not res.results:
-        raise ImageError(f"{person}: none of the images could be used; nothing enrolled")
+        _report_bad(bad)
+        raise ImageError(f"{shown(person)}: none of the images could be used; nothing enrolled (or revoked)")
     r = res.results[0]
     matcher = _matcher(args, cfg, prot)
-    emb = _embed(matcher, r.images)
-    with Gallery(args.gallery or cfg.workflow.gallery) as g:
-        n = g.enrol(person, key.fingerprint, matcher.name, emb, list(to_uint8(r.images)))
-    return n, bad
+    return _embed(matcher, r.images), list(to_uint8(r.images)), matcher.name, bad
 
 
 def run_enrol(args) -> int:
     cfg = _config(args)
     key = _key(args)
+    with Gallery(_gallery_path(args, cfg), create=True) as g:   # refused early: unwritable, locked, revoked key
+        g.check_writable()
+        g.precheck_enrol(args.person, key.fingerprint, cfg.workflow.matcher)
     prot = _protector(args, cfg)
-    n, bad = _enrol(args, cfg, prot, key, args.person, args.images)
-    print(f"enrolled {n} protected template(s) for '{args.person}' (key {key.fingerprint})")
+    emb, imgs, matcher, bad = _protect_enrolment(args, cfg, prot, key, args.person, args.images)
+    with Gallery(_gallery_path(args, cfg)) as g:
+        n = g.enrol(args.person, key.fingerprint, matcher, emb, imgs)
+    dup = len(imgs) - n
+    print(f"enrolled {n} protected template(s) for '{shown(args.person)}' (key {key.fingerprint})"
+          + (f"; {dup} already enrolled" if dup else ""))
     return _report_bad(bad)
 
 
@@ -205,13 +228,14 @@ def add_verify(p):
 
 
 def run_verify(args) -> int:
-    from .gallery import Gallery
     cfg = _config(args)
     key = _key(args)
-    with Gallery(args.gallery or cfg.workflow.gallery) as g:
+    with Gallery(_gallery_path(args, cfg)) as g:
         tpl = g.templates(args.person)
-    if not tpl:
-        print(json.dumps(dict(person=args.person, match=False, score=None, reason="no templates (not enrolled or revoked)")))
+        revoked = g.is_revoked(args.person, key.fingerprint)
+    if revoked or not tpl:
+        reason = "key revoked for this person" if revoked else "no templates (not enrolled or revoked)"
+        print(json.dumps(dict(person=args.person, match=False, score=None, reason=reason)))
         return 1
     prot = _protector(args, cfg)
     res = prot.protect_people([[args.probe]], key, [args.person])
@@ -219,7 +243,7 @@ def run_verify(args) -> int:
         raise ImageError("; ".join(m for _, m in res.failures))
     matcher = _matcher(args, cfg, prot)
     if any(m != matcher.name for _, m, _ in tpl):
-        raise FaceAnonyMixerError(f"'{args.person}' was enrolled with another matcher than {matcher.name}")
+        raise FaceAnonyMixerError(f"'{shown(args.person)}' was enrolled with another matcher than {matcher.name}")
     e = _embed(matcher, res.results[0].images)[0]
     from .pipeline import verify_threshold
     thr = verify_threshold(cfg.workflow.threshold if args.threshold is None else args.threshold, prot.generator,
@@ -234,35 +258,104 @@ def run_verify(args) -> int:
 
 def add_revoke(p):
     p.add_argument("person", help="person id whose templates are deleted")
-    p.add_argument("images", nargs="*", help="photos to re-enrol under --new-key (optional)")
+    p.add_argument("images", nargs="*", help="photos to re-enrol under the new key (needs --new-key or "
+                   "--new-passphrase-env)")
     p.add_argument("--gallery", help="SQLite gallery (default: workflow.gallery)")
     p.add_argument("--new-key", help="new key file (created if it does not exist)")
+    p.add_argument("--new-passphrase-env", metavar="VAR", help="the new key from a passphrase in environment "
+                   "variable VAR (instead of --new-key)")
+    p.add_argument("--new-salt", default="", help="public per-user salt for --new-passphrase-env")
     _add_common(p, key=False)
 
 
-def run_revoke(args) -> int:
-    from .gallery import Gallery
-    cfg = _config(args)
-    with Gallery(args.gallery or cfg.workflow.gallery) as g:
-        n = g.revoke(args.person)
-    print(f"revoked '{args.person}': {n} template(s) deleted")
+def _new_key(args) -> tuple[Key | None, bool]:
+    """(the new key or None, whether its file must still be written). Checked before anything is revoked."""
+    if args.new_key and args.new_passphrase_env:
+        raise KeyFileError("give either --new-key or --new-passphrase-env, not both")
+    if args.new_passphrase_env:
+        return _passphrase_key(args.new_passphrase_env, args.new_salt, "--new-passphrase-env"), False
     if not args.new_key:
+        return None, False
+    p = Path(args.new_key)
+    if p.exists() or p.is_symlink():
+        return read_key_file(p), False
+    if not p.parent.is_dir():
+        raise KeyFileError(f"cannot write the new key {shown(p)}: folder {shown(p.parent)} does not exist")
+    return Key.generate(), True
+
+
+def run_revoke(args) -> int:
+    cfg = _config(args)
+    if args.images and not (args.new_key or args.new_passphrase_env):
+        raise KeyFileError("photos to re-enrol need a new key: add --new-key FILE (created if absent) or "
+                           "--new-passphrase-env VAR; nothing was revoked")
+    new, write_new = _new_key(args)
+    gpath = _gallery_path(args, cfg)
+    with Gallery(gpath) as g:                    # every check before any change (and before the protection work)
+        cur = g.active_key(args.person)
+        if cur is None:
+            raise g._not_enrolled(args.person)
+        g.check_writable()
+        if new is not None:
+            g.precheck_enrol(args.person, new.fingerprint, cfg.workflow.matcher, replacing=True)
+    emb = imgs = matcher = None
+    bad: list = []
+    if new is not None and args.images:
+        prot = _protector(args, cfg)
+        emb, imgs, matcher, bad = _protect_enrolment(args, cfg, prot, new, args.person, args.images)
+    if write_new:   # before the gallery names it: a committed enrolment under a key nobody holds is worse
+        write_key_file(args.new_key, new)
+    with Gallery(gpath) as g:                    # revoke (+ re-enrol) in one transaction
+        n = g.revoke(args.person, new.fingerprint if emb is not None else None, matcher, emb, imgs)
+    print(f"revoked '{shown(args.person)}': key {cur[0]} can never be enrolled for them again; {n} template(s) deleted")
+    if new is None:
         return 0
-    new = read_key_file(args.new_key) if Path(args.new_key).exists() else write_key_file(args.new_key)
-    print(f"new key {args.new_key} (fingerprint {new.fingerprint})")
-    if not args.images:
-        print(f"re-enrol with: faceanonymixer enrol {args.person} PHOTOS --key {args.new_key}")
+    where = f"new key {shown(args.new_key)}" if args.new_key else "new key from the passphrase"
+    print(f"{where} (fingerprint {new.fingerprint})")
+    if emb is None:
+        print(f"re-enrol with: faceanonymixer enrol {shown(args.person)} PHOTOS "
+              + (f"--key {shown(args.new_key)}" if args.new_key else "--passphrase-env VAR"))
         return 0
-    prot = _protector(args, cfg)
-    m, bad = _enrol(args, cfg, prot, new, args.person, args.images)
-    print(f"re-enrolled {m} protected template(s) for '{args.person}' (key {new.fingerprint})")
+    print(f"re-enrolled {len(imgs)} protected template(s) for '{shown(args.person)}' (key {new.fingerprint})")
     return _report_bad(bad)
+
+
+# -- gallery ---------------------------------------------------------------------------------------------------
+def add_gallery(p):
+    p.add_argument("action", choices=["check", "list"], help="check: verify integrity and the key invariants; "
+                   "list: enrolled people with their key fingerprints")
+    p.add_argument("--gallery", help="SQLite gallery (default: workflow.gallery)")
+    _add_common(p, key=False)
+
+
+def run_gallery(args) -> int:
+    cfg = _config(args)
+    with Gallery(_gallery_path(args, cfg)) as g:
+        if args.action == "list":
+            for person in g.people():
+                fp, m = g.active_key(person)
+                print(f"{shown(person)}\tkey {fp}\t{m}\t{len(g.templates(person))} template(s)")
+            return 0
+        problems = g.check()
+        st = g.stats()
+    where = shown(_gallery_path(args, cfg))
+    if problems:
+        print(f"gallery {where}: {len(problems)} problem(s)", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"gallery {where}: ok (schema v{st['schema']}, {st['people']} person(s), {st['templates']} template(s), "
+          f"{st['revocations']} revoked key(s))")
+    return 0
 
 
 SUBCOMMANDS = {
     "keygen": ("make a new secret key file (256-bit, mode 0600)", add_keygen, run_keygen),
-    "protect": ("protect photos with a key: cancelable face images (PNG + sidecar JSON)", add_protect, run_protect),
+    "protect": ("protect photos with a key: cancelable face images (PNG + sidecar JSON); resumable", add_protect,
+                run_protect),
     "enrol": ("enrol a person's protected templates in a gallery", add_enrol, run_enrol),
     "verify": ("verify a probe photo against a person's protected templates", add_verify, run_verify),
-    "revoke": ("revoke a person's templates (optionally re-enrol under a new key)", add_revoke, run_revoke),
+    "revoke": ("revoke a person's key for good (optionally re-enrol under a new key, in one transaction)", add_revoke,
+               run_revoke),
+    "gallery": ("check a gallery's integrity, or list its people", add_gallery, run_gallery),
 }

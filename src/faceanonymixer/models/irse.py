@@ -14,8 +14,6 @@ The body is configurable (units and channels per stage) so that smaller encoders
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -228,15 +226,9 @@ def safe_torch_load(path: str | os.PathLike, what: str) -> object:
         raise MissingWeightsError(f"{what}: file {p} does not exist")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointFormatError(
-            f"{what}: {p} cannot be loaded safely (torch.load weights_only=True refused it: {str(e).splitlines()[0]}). "
-            "It is not a plain tensor checkpoint; obtain the original file, never load it with weights_only=False "
-            "unless you trust it.") from e
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, AttributeError) as e:
-        raise CheckpointFormatError(
-            f"{what}: {p} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
-            "The file is truncated or not a PyTorch checkpoint; download it again.") from e
+    except Exception as e:  # noqa: BLE001 - refused globals, truncation, absurd nesting: a message, never a traceback
+        from .loading import weights_only_error
+        raise CheckpointFormatError(f"{what}: {weights_only_error(p, e)}") from None
 
 
 def _fmt(items: Sequence[str], n: int = 6) -> str:

@@ -92,6 +92,23 @@ def _build(path: Path, kwargs: dict, state: dict, latent_avg: torch.Tensor | Non
     return G.eval().requires_grad_(False).to(device)
 
 
+def weights_only_error(path, e: BaseException) -> str:
+    """Our own complete message for a failed ``torch.load(weights_only=True)``: torch's is several paragraphs
+    of advice (some of it - "set weights_only=False" - wrong for a file one does not trust); cut, it ends
+    mid-sentence. We keep the one fact that matters: the refused global, if any."""
+    import re
+    msg = str(e)
+    g = re.search(r"(?:Unsupported global|GLOBAL)\W+(?:GLOBAL\s+)?([\w.]+)", msg)
+    if g:
+        return (f"{path}: refused to load: it references the Python global '{g.group(1)}', which a weights-only load "
+                "does not allow (a checkpoint of plain tensors never needs it; it may be malicious). Nothing from it "
+                "was executed. Re-save only the tensors (state_dict) from a trusted copy, or use the official file.")
+    if "zip" in msg.lower() or "EOF" in msg or "central directory" in msg:
+        return f"{path}: the file is truncated or corrupt ({type(e).__name__}); re-download it."
+    return (f"{path}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}); it holds objects a "
+            "weights-only load refuses. Re-save only the tensors (state_dict).")
+
+
 def _is_nvlabs(sd: dict) -> bool:
     return any(k.startswith("synthesis.b") for k in sd) and any(k.startswith("mapping.") for k in sd)
 
@@ -182,11 +199,7 @@ def load_generator(path_or_name: str | os.PathLike, device: str | torch.device =
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - truncated zip, foreign classes (argparse.Namespace) ...
-        hint = ("the file is truncated or corrupt - re-download it" if "zip" in str(e).lower()
-                or "EOF" in str(e) or "central directory" in str(e) else
-                "it holds objects a weights-only load refuses; re-save only the tensors")
-        raise CheckpointFormatError(f"{path}: cannot read it with torch.load(weights_only=True) "
-                                    f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); {hint}") from None
+        raise CheckpointFormatError(weights_only_error(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointFormatError(f"{path}: holds a {type(obj).__name__}; expected {EXPECTED}")
     if isinstance(obj.get("g_ema"), dict):

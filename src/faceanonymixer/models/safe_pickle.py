@@ -180,6 +180,9 @@ def load_pickle(path: str | os.PathLike) -> dict:
         raise CheckpointFormatError(f"{path} does not exist") from None
     except CheckpointFormatError:
         raise
+    except RecursionError:
+        raise CheckpointFormatError(f"{path}: nested deeper than any NVlabs network pickle (malformed or hostile "
+                                    "file); refused. Nothing from it was executed.") from None
     except Exception as e:  # noqa: BLE001 - truncated / corrupt / not a pickle
         raise CheckpointFormatError(
             f"{path}: not a readable NVlabs network pickle ({type(e).__name__}: {e}); the file may be truncated "
@@ -197,4 +200,8 @@ def extract_network(path: str | os.PathLike, key: str = "G_ema") -> tuple[dict[s
     if not isinstance(net, PersistentObject):
         raise CheckpointFormatError(f"{path}: no network '{key}' in this pickle (found keys {sorted(obj)}); "
                                     f"expected an NVlabs network pickle with '{key}'")
-    return net.state_dict(), net.init_kwargs
+    try:
+        return net.state_dict(), net.init_kwargs
+    except RecursionError:   # an allow-listed structure nested absurdly deep: refused, never a traceback
+        raise CheckpointFormatError(f"{path}: the network's state is nested deeper than any NVlabs network pickle "
+                                    "(malformed or hostile file); refused. Nothing from it was executed.") from None
