@@ -14,8 +14,12 @@ paper compares FaRL tokens: sum over the 196 positions of the channel-mean absol
 the three taps. Why: it is differentiable and offline (registry package, loaded anyway for L_anon, so one forward
 pass gives both), it is *not* an evaluation recogniser (dlib-resnet and faceplugin-fr are), and early/mid
 layers of a face CNN respond to pose, expression, illumination and layout far more than to identity, which
-is decided in the deeper 7x7 stages we leave out. 'farl-vit-b16' (the paper's network) is recognised but not
-yet supported; 'none' disables L_attr.
+is decided in the deeper 7x7 stages we leave out. 'none' disables L_attr.
+
+'farl-vit-b16' is the paper's network: FaRL ViT-B/16 (user-supplied ``FaRL-Base-Patch16-LAIONFace20M-ep64.pth``)
+loaded into CLIP's image tower (``models/clip_vit.py``); the features are the 197 tokens after the last
+transformer block, before ``ln_post``, on the image resized to 224 and centre-cropped, mapped to [0,1] with no
+mean/std normalisation (as the official attribute loss feeds FaRL).
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import FaceAnonyMixerError
+from .models.clip_vit import VisionTransformer, load_clip_visual
+from .registry import locate
 
 ATTR_NETS = ("sface-early", "none", "farl-vit-b16")
 
@@ -165,8 +171,50 @@ class SFaceEarlyFeatures(torch.nn.Module):
         return F.normalize(out, dim=1), feats
 
 
-def get_attribute_encoder(name: str, recogniser=None):
-    """Attribute encoder by name (None for 'none'). ``recogniser``: an sface Recogniser to share."""
+class FaRLTokens(torch.nn.Module):
+    """FaRL ViT-B/16 tokens as an attribute encoder (the paper's L_attr network).
+
+    ``features(x[N,3,R,R] in [-1,1], FFHQ-aligned) -> [tokens [N,1+P,W]]`` (one tap: the tokens after the last
+    transformer block, before ln_post; [N,197,768] for FaRL ViT-B/16). Frozen; gradients flow to x."""
+
+    name = "farl-vit-b16"
+
+    def __init__(self,
+                 net: VisionTransformer | None = None,  # a loaded CLIP image tower (default: the registry's FaRL file)
+                 path=None):                             # explicit FaRL .pth (else $FACEANONYMIXER_HOME / data folder)
+        super().__init__()
+        if net is None:
+            path = locate("farl-vit-b16", explicit=path)   # MissingWeightsError says where to get the file
+            net = load_clip_visual(path, what="FaRL ViT-B/16 (farl-vit-b16)")
+        if not isinstance(net, VisionTransformer):
+            raise FaceAnonyMixerError(
+                f"attr_net 'farl-vit-b16' needs a CLIP VisionTransformer, got {type(net).__name__}")
+        self.net = net.eval().requires_grad_(False)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:  # [N,3,H,W] in [-1,1] -> [N,3,S,S] in [0,1]
+        """[-1,1] -> [0,1]; resize the shorter side to S = the network's input size (bilinear, antialiased when
+        shrinking, like torchvision's Resize on tensors) and centre-crop S x S. No mean/std normalisation."""
+        assert x.ndim == 4 and x.shape[1] == 3, f"expected [N,3,H,W], got {tuple(x.shape)}"
+        s = self.net.input_resolution
+        x = (x + 1.0) * 0.5
+        h, w = x.shape[-2:]
+        if (h, w) != (s, s):
+            nh, nw = (s, max(s, round(w * s / h))) if h <= w else (max(s, round(h * s / w)), s)
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=min(h, w) > s)
+            top, left = (nh - s) // 2, (nw - s) // 2
+            x = x[:, :, top:top + s, left:left + s]
+        return x
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        p = next(self.net.parameters())
+        if p.device != x.device:   # follow the caller's device (the Protector hands us its images, not a device)
+            self.net.to(x.device)
+        return [self.net.tokens(self.preprocess(x).to(p.dtype))]
+
+
+def get_attribute_encoder(name: str, recogniser=None, path=None):
+    """Attribute encoder by name (None for 'none'). ``recogniser``: an sface Recogniser to share;
+    ``path``: explicit weights file for 'farl-vit-b16'."""
     if name == "none":
         return None
     if name == "sface-early":
@@ -174,7 +222,5 @@ def get_attribute_encoder(name: str, recogniser=None):
             recogniser = None
         return SFaceEarlyFeatures(recogniser)
     if name == "farl-vit-b16":
-        raise FaceAnonyMixerError(
-            "attr_net 'farl-vit-b16' (the paper's FaRL ViT-B/16) is not yet supported: faceanonymixer has no "
-            "CLIP ViT implementation yet. Use attr_net: sface-early (default) or none.")
+        return FaRLTokens(path=path)
     raise FaceAnonyMixerError(f"unknown attr_net '{name}'; choose one of {', '.join(ATTR_NETS)}")

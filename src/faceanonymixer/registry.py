@@ -92,9 +92,13 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in [
     _p("arcface-ir-se50", "model_ir_se50.pth", "official", "MIT (TreB1eN/InsightFace_Pytorch); MS1M data research-only",
        "ArcFace IR-SE50 (512-D), the paper's identity-loss network",
        obtain="get model_ir_se50.pth (pSp/e4e README, TreB1eN) and put it in $FACEANONYMIXER_HOME"),
+    # FaRL: a dict whose 'state_dict' uses CLIP's key names; only visual.* is loaded (models/clip_vit.py).
+    # sha256 not pinned: the digest of the official file could not be obtained offline.
     _p("farl-vit-b16", "FaRL-Base-Patch16-LAIONFace20M-ep64.pth", "official", "MIT (FaRL); LAION-Face data terms apply",
-       "FaRL ViT-B/16 attribute encoder (the paper's L_attr network)",
-       obtain="get FaRL-Base-Patch16-LAIONFace20M-ep64.pth (FacePerceiver/FaRL README) and put it in $FACEANONYMIXER_HOME"),
+       "FaRL ViT-B/16 image tower (CLIP layout), the paper's L_attr network (loss.attr_net: farl-vit-b16)",
+       obtain="download https://github.com/FacePerceiver/FaRL/releases/download/pretrained_weights/"
+              "FaRL-Base-Patch16-LAIONFace20M-ep64.pth (FacePerceiver/FaRL README, pre-trained models) and put it "
+              "in $FACEANONYMIXER_HOME"),
     _p("inception-fid", "pt_inception-2015-12-05-6726825d.pth", "official", "Apache-2.0 (TensorFlow Inception weights)",
        "Inception-v3 FID weights (pytorch-fid port)",
        obtain="get pt_inception-2015-12-05-6726825d.pth (mseitzer/pytorch-fid releases) and put it in $FACEANONYMIXER_HOME"),
