@@ -437,7 +437,7 @@ def test_foreign_format_named_jpg_is_not_decoded(tmp_path):
     from faceanonymixer.images import read_image
     eps = tmp_path / "photo.jpg"
     eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n")
-    with pytest.raises(ImageError, match="not an image in a supported format"):
+    with pytest.raises(ImageError, match="not a readable image in a supported format"):
         read_image(eps)
 
 

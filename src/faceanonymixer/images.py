@@ -112,7 +112,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, max_side: 
     except PermissionError:
         raise _err(where, "permission denied", "Make the file readable.") from None
     except Image.UnidentifiedImageError:
-        raise _err(where, f"not an image in a supported format ({', '.join(FORMATS)})",
+        raise _err(where, f"not a readable image in a supported format ({', '.join(FORMATS)})",
                    "Is it really an image? Convert it to JPEG or PNG and try again.") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise _err(where, f"not a readable image ({type(e).__name__}: {shown(e)})",

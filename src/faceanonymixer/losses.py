@@ -52,6 +52,8 @@ class LossConfig:
     w_anchor: float = 0.0          # key-anchor weight: mean squared drift of the optimised layers from their start
                                    # (0 = off, the paper); for lone probes (docs/method.md, "Known limits")
 
+    LIMITS = dict(sep_decoys=(0, 64))  # checked by config.load (each decoy is another optimised copy)
+
 
 # -- the loss terms (pure functions on embeddings / features) ---------------------------------------------
 def anonymity_loss(e_p: torch.Tensor, e_r: torch.Tensor, margin: float = 0.0, form: str = "abs") -> torch.Tensor:

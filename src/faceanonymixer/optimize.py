@@ -33,7 +33,8 @@ class OptimConfig:
     augment_copies: int = 5                          # copies for single-image people (0 = off)
     noise_mode: str = "const"                        # generator noise: const keeps the output deterministic
 
-    LIMITS = dict(steps=(0, None), lr=(0.0, None), gamma=(0.0, None), augment_copies=(0, None))  # config.load checks
+    # checked by config.load; the upper bounds refuse values that would only exhaust memory or time
+    LIMITS = dict(steps=(0, 100_000), lr=(0.0, None), gamma=(0.0, None), augment_copies=(0, 64))
 
 
 @dataclass

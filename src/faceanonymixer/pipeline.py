@@ -63,7 +63,7 @@ class RefineConfig:
     w_mse: float = 1.0
     w_perc: float = 0.01
 
-    LIMITS = dict(steps=(0, None), lr=(0.0, None))    # checked by config.load
+    LIMITS = dict(steps=(0, 100_000), lr=(0.0, None))  # checked by config.load
 
 
 def refine_latents(generator, ws: torch.Tensor, x: torch.Tensor, rc: RefineConfig, attr=None,
@@ -102,7 +102,7 @@ class ProtectConfig:
     face: str = "single"                  # several faces in a photo: 'single' (error unless one dominates),
                                           # 'largest' or 'center' (align.select_face)
 
-    LIMITS = dict(batch_people=(1, None))              # checked by config.load
+    LIMITS = dict(batch_people=(1, 1024))              # checked by config.load
 
 
 DEFAULT_THRESHOLD = 0.363                 # OpenCV's SFace cosine threshold for real faces

@@ -100,8 +100,8 @@ def weights_only_error(path, e: BaseException) -> str:
     msg = str(e)
     g = re.search(r"(?:Unsupported global|GLOBAL)\W+(?:GLOBAL\s+)?([\w.]+)", msg)
     if g:
-        return (f"{path}: refused to load: it references the Python global '{g.group(1)}', which a weights-only load "
-                "does not allow (a checkpoint of plain tensors never needs it; it may be malicious). Nothing from it "
+        return (f"{path}: refused to load: it references the Python global '{g.group(1)}', which "
+                "torch.load(weights_only=True) does not allow (a checkpoint of plain tensors never needs it; it may be malicious). Nothing from it "
                 "was executed. Re-save only the tensors (state_dict) from a trusted copy, or use the official file.")
     if "zip" in msg.lower() or "EOF" in msg or "central directory" in msg:
         return f"{path}: the file is truncated or corrupt ({type(e).__name__}); re-download it."
