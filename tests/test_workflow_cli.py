@@ -133,7 +133,7 @@ def test_enrol_then_verify_matches_with_embedded_models(tmp_path, capsys):
 def test_revoked_key_no_longer_matches_with_embedded_models(tmp_path, capsys):
     """enrol -> revoke -> verify at the threshold the embedded generator names (calibrated at FAR 1e-3 on the
     100-person evaluation): the old key's probe is rejected, the new key's accepted. Fixed keys keep the run
-    reproducible; scripts/workflow_scores.sh prints the same scores for fresh random keys."""
+    reproducible; lab/probes/workflow_scores.sh prints the same scores for fresh random keys."""
     db, k1, k2 = str(tmp_path / "g.db"), tmp_path / "k1.key", tmp_path / "k2.key"
     write_key_file(k1, Key(bytes([1]) * 32))
     write_key_file(k2, Key(bytes([2]) * 32))

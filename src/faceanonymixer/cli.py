@@ -25,6 +25,7 @@ COMMANDS = [
     ("gallery", "faceanonymixer.workflow"),
     ("evaluate", "faceanonymixer.eval.evaluate"),
     ("model-report", "faceanonymixer.eval.models_report"),
+    ("calibrate", "faceanonymixer.eval.calibrate"),
 ]
 
 EXAMPLES = """examples:
@@ -40,6 +41,7 @@ EXAMPLES = """examples:
   faceanonymixer gallery check --gallery gallery.db
   faceanonymixer evaluate --config configs/eval.yaml --max-people 100 --out report/
   faceanonymixer model-report --out runs/model_report   # quality of the embedded generator/encoder
+  faceanonymixer calibrate report/scores.csv --far 0.001  # verify threshold from an evaluation's scores
 """
 
 

@@ -110,7 +110,7 @@ DEFAULT_THRESHOLD = 0.363                 # OpenCV's SFace cosine threshold for 
 
 def verify_threshold(cfg_threshold: float | None, generator, matcher: str) -> float:
     """Decision threshold, first match wins: the config; the threshold the generator's weights name for this
-    matcher (``meta.verify_thresholds``, calibrated on protected faces with scripts/calibrate_threshold.py: faces
+    matcher (``meta.verify_thresholds``, calibrated on protected faces with `faceanonymixer calibrate`: faces
     of a small generator are more alike than real ones); 0.363."""
     if cfg_threshold is not None:
         return float(cfg_threshold)

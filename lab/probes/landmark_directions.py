@@ -8,7 +8,7 @@ style weights), and measures the band swap of `faceanonymixer model-report` on t
 (bar < 0.3) and YuNet landmark shift (bar < 5 %). If the directions that move the landmarks also carry identity,
 the shift falls only as the cosine rises.
 
-    python scripts/landmark_directions.py fam-stylegan2-64 --fit 3000 --n 128 --ranks 0,2,4,6
+    python lab/probes/landmark_directions.py fam-stylegan2-64 --fit 3000 --n 128 --ranks 0,2,4,6
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Scores of the enrol -> verify -> revoke -> verify workflow on the sample photos (docs/method.md "Known limits"):
 # same key, old key after revocation, new key, and another person under the stolen new key.
-#   bash scripts/workflow_scores.sh [STEPS [--set KEY=VALUE ...]]   (default 15, as tests/test_workflow_cli.py;
-#   needs `make install`), e.g. `bash scripts/workflow_scores.sh 50 --set protect.loss.w_anchor=10000`
+#   bash lab/probes/workflow_scores.sh [STEPS [--set KEY=VALUE ...]]   (default 15, as tests/test_workflow_cli.py;
+#   needs `make install`), e.g. `bash lab/probes/workflow_scores.sh 50 --set protect.loss.w_anchor=10000`
 set -euo pipefail
 STEPS=${1:-15}
 shift $(( $# > 0 ? 1 : 0 ))

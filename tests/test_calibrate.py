@@ -1,17 +1,13 @@
-"""scripts/calibrate_threshold.py: the threshold accepts at most the target share of impostors (known answers)."""
+"""`faceanonymixer calibrate`: the threshold accepts at most the target share of impostors (known answers)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "calibrate_threshold.py"
-spec = importlib.util.spec_from_file_location("calibrate_threshold", SCRIPT)
-ct = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ct)
+from faceanonymixer import cli
+from faceanonymixer.eval import calibrate as ct
 
 
 def test_threshold_at_far_known_answers():
@@ -36,11 +32,11 @@ def test_command_reads_scores_csv(tmp_path, capsys):
         w = csv.writer(f)
         w.writerow(["variant", "kind", "item_a", "item_b", "recogniser", "score"])
         w.writerows(rows)
-    assert ct.main([str(p), "--far", "0.01"]) == 0
+    assert cli.main(["calibrate", str(p), "--far", "0.01"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_impostor"] == 1000 and res["far"] == 0.01 and 0.989 <= res["threshold"] < 0.99
     assert res["tar"] == 0.9 and res["cross_key_accept"] == 0.1
-    assert ct.main([str(p), "--variant", "blur"]) == 2
+    assert cli.main(["calibrate", str(p), "--variant", "blur"]) == 2
 
 
 def test_write_meta_reaches_verify(tmp_path, capsys):
@@ -60,7 +56,7 @@ def test_write_meta_reaches_verify(tmp_path, capsys):
     p = tmp_path / "scores.csv"
     with open(p, "w", newline="") as f:
         csv.writer(f).writerows([("variant", "kind", "item_a", "item_b", "recogniser", "score")] + rows)
-    assert ct.main([str(p), "--far", "0.01", "--write-meta", str(weights)]) == 0
+    assert cli.main(["calibrate", str(p), "--far", "0.01", "--write-meta", str(weights)]) == 0
     thr = json.loads(capsys.readouterr().out)["threshold"]
     G2 = load_generator(weights)
     assert G2.verify_thresholds == {"sface": thr} and 0.98 <= thr < 1

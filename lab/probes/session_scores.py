@@ -1,7 +1,7 @@
 """Same-key genuine and impostor accept rates of an evaluation's scores at a fixed threshold (e.g. the generator's
 calibrated `verify` threshold), to compare `sessions: joint` with `sessions: separate` runs (docs/method.md).
 
-    python scripts/session_scores.py runs/exp_sep40/scores.csv [more.csv] --threshold 0.7714 --recogniser sface
+    python lab/probes/session_scores.py runs/exp_sep40/scores.csv [more.csv] --threshold 0.7714 --recogniser sface
 """
 from __future__ import annotations
 

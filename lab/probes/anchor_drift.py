@@ -1,6 +1,6 @@
 """How far a lone probe's optimised layers drift from the key code, per key-anchor weight (docs/method.md).
 
-    python scripts/anchor_drift.py [--image FILE] [--anchors 0 1000 10000]
+    python lab/probes/anchor_drift.py [--image FILE] [--anchors 0 1000 10000]
 
 Protects one photo alone (plus its augmented copies, as `verify` does) with a fixed demo key under each
 ``loss.w_anchor`` and prints the mean squared drift of the optimised W+ layers from the key code and the SFace

@@ -3,7 +3,7 @@ optimiser, augmentation and data as `train generator`) against a frozen G from a
 accuracy on augmented batches and its mean logits on clean ones. If D wins quickly here but sits at chance
 (loss_D ~ 2 ln 2) during training, D has the capacity and the balance is the problem: G follows every D step.
 
-    python scripts/discriminator_probe.py [--resume training/fam_stylegan2_64_resume.safetensors] [--steps 300]
+    python lab/probes/discriminator_probe.py [--resume training/fam_stylegan2_64_resume.safetensors] [--steps 300]
 """
 from __future__ import annotations
 

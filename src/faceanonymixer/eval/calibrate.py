@@ -1,33 +1,38 @@
-"""Verification threshold for the workflow (`workflow.threshold`) from an evaluation's raw scores.
+"""``faceanonymixer calibrate``: the verification threshold for the workflow (`workflow.threshold`) from an
+evaluation's raw scores.
 
 Reads the scores.csv of `faceanonymixer evaluate` and prints, for one variant and recogniser, the cosine
 threshold at a target false-accept rate among protected impostor pairs (different people, their own keys), the
 genuine accept rate at that threshold (same person, same key) and the cross-key accept rate (same person,
 different keys: what `revoke` relies on).
 
-    python scripts/calibrate_threshold.py runs/eval_lfw100/scores.csv --recogniser sface --far 0.01
+    faceanonymixer calibrate runs/eval_lfw100/scores.csv --recogniser sface --far 0.01
 
 With ``--write-meta WEIGHTS`` the threshold is stored in that generator's JSON (``meta.verify_thresholds``), where
 `verify` finds it when the config sets no ``workflow.threshold`` (re-calibrate after retraining a generator).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from faceanonymixer.eval.metrics import threshold_at_far
-from faceanonymixer.eval.report import ScoreSet, match_rate
+from ..fileio import atomic_write
+from ..models.io import config_path, read_doc
+from .metrics import threshold_at_far
+from .report import ScoreSet, match_rate
+
+HELP = "verification threshold at a target false-accept rate from an evaluation's scores.csv (optionally stored)"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap):
     ap.add_argument("scores", help="scores.csv written by faceanonymixer evaluate")
     ap.add_argument("--variant", default="method")
     ap.add_argument("--recogniser", default="sface", help="the workflow's matcher (workflow.matcher)")
     ap.add_argument("--far", type=float, default=0.01)
     ap.add_argument("--write-meta", metavar="WEIGHTS", help="generator .safetensors whose JSON gets the threshold")
-    a = ap.parse_args(argv)
+
+
+def run(a) -> int:
     sc = ScoreSet.from_csv(a.scores)
     imp, gen, cross = (sc.get(a.variant, k, a.recogniser) for k in ("impostor", "genuine", "mated"))
     if not imp.size or not gen.size:
@@ -49,14 +54,9 @@ def main(argv=None) -> int:
 
 def write_threshold(weights: str, recogniser: str, threshold: float) -> None:
     """Set meta.verify_thresholds[recogniser] in the JSON beside ``weights`` (atomic rewrite)."""
-    from faceanonymixer.fileio import atomic_write
-    from faceanonymixer.models.io import config_path, read_doc
     doc = read_doc(weights)
     doc.setdefault("meta", {}).setdefault("verify_thresholds", {})[recogniser] = threshold
     path = atomic_write(config_path(weights), lambda f: f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n"),
                         binary=False)
     print(f"wrote meta.verify_thresholds[{recogniser!r}] = {threshold} to {path}", file=sys.stderr)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

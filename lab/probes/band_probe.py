@@ -5,7 +5,7 @@ same functions, so its rows match the report's mixing rows), the part of that sh
 the same on the faceplugin net's points), and the faceplugin 68-point net's shift (inner 51 points, the trainer's
 `id_band_landmarks` term). Faster than the full report: no encoder, no real photos.
 
-    python scripts/band_probe.py runs/gen_lm3/checkpoint.pt --n 128 --threads 2
+    python lab/probes/band_probe.py runs/gen_lm3/checkpoint.pt --n 128 --threads 2
 """
 from __future__ import annotations
 

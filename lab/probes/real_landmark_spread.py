@@ -5,7 +5,7 @@ of two different people, with the part that moves the face as a whole (similarit
 ``--align template`` instead fits the 5 points to the ArcFace template by least squares before the FFHQ crop
 (less framing freedom than FFHQ's eye/mouth quad): does a tighter alignment of the training data narrow the spread?
 
-    python scripts/real_landmark_spread.py --data ../shared/data/lfw/images --n 400 [--align template]
+    python lab/probes/real_landmark_spread.py --data ../shared/data/lfw/images --n 400 [--align template]
 """
 from __future__ import annotations
 
