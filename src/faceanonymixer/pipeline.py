@@ -33,6 +33,7 @@ from .keys import DEFAULT_CONTEXT, Key, key_psi, key_wplus
 from .losses import LossConfig, get_attribute_encoder
 from .mixing import MixingConfig, make_plan
 from .optimize import Group, OptimConfig, optimise, single_image_group
+from .tensors import from_uint8, to_uint8  # noqa: F401 - re-exported (pipeline.to_uint8 predates tensors.py)
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -162,17 +163,6 @@ class PersonResult:
 class BatchResult:
     results: list[PersonResult]
     failures: list[tuple[str, str]]       # (item, message)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[3,R,R] or [N,3,R,R] in [-1,1] -> HxWx3 / NxHxWx3 uint8 (fixed mapping, no per-image rescale)."""
-    y = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return y.permute(*range(y.dim() - 3), -2, -1, -3).numpy()
-
-
-def from_uint8(a: np.ndarray) -> torch.Tensor:
-    """HxWx3 uint8 -> [3,H,W] in [-1,1]."""
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def module_digest(m: torch.nn.Module) -> str:

@@ -7,11 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[N,3,H,W] in [-1,1] -> [N,H,W,3] uint8 (fixed mapping, clamped)."""
-    assert x.ndim == 4 and x.shape[1] == 3, x.shape
-    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+from ..tensors import to_uint8
 
 
 def make_grid(imgs: np.ndarray, nrow: int, pad: int = 2, fill: int = 255) -> np.ndarray:
