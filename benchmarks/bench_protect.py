@@ -13,7 +13,8 @@ import time
 import torch
 
 from faceanonymixer.keys import Key
-from faceanonymixer.pipeline import Protector, load_config
+from faceanonymixer.pipeline import Protector
+from faceanonymixer.workflow import load_config
 
 
 def tiny_protector(cfg):

@@ -36,7 +36,7 @@ def test_command_reads_scores_csv(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["n_impostor"] == 1000 and res["far"] == 0.01 and 0.989 <= res["threshold"] < 0.99
     assert res["tar"] == 0.9 and res["cross_key_accept"] == 0.1
-    assert cli.main(["calibrate", str(p), "--variant", "blur"]) == 2
+    assert cli.main(["calibrate", str(p), "--variant", "blur"]) == 2   # no such scores: a message
 
 
 def test_write_meta_reaches_verify(tmp_path, capsys):
@@ -46,7 +46,7 @@ def test_write_meta_reaches_verify(tmp_path, capsys):
     from faceanonymixer.models.io import save_model
     from faceanonymixer.models.loading import load_generator
     from faceanonymixer.models.stylegan2 import Generator
-    from faceanonymixer.pipeline import verify_threshold
+    from faceanonymixer.workflow import verify_threshold
     torch.manual_seed(0)
     G = Generator(resolution=16, z_dim=16, w_dim=16, n_mlp=1, channels={4: 8, 8: 8, 16: 8})
     weights = save_model(G, tmp_path / "g.safetensors", G.config, dict(kind="stylegan2"))

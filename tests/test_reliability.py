@@ -487,9 +487,9 @@ def test_unusable_out_is_refused_before_any_work(tmp_path, capsys):
 
 def test_config_values_are_checked(capsys):
     from faceanonymixer.config import ConfigError
-    from faceanonymixer.pipeline import load_config
-    for ov, msg in [("protect.optim.steps=abc", "must be int"), ("protect.optim.steps=-3", "must be >= 0"),
-                    ("protect.batch_people=0", "must be >= 1"), ("protect.optim.lr=x", "must be float")]:
+    from faceanonymixer.workflow import load_config
+    for ov, msg in [("protect.optim.steps=abc", "must be int"), ("protect.optim.steps=-3", r"must be in \[0, 100000\]"),
+                    ("protect.batch_people=0", r"must be in \[1, 1024\]"), ("protect.optim.augment_copies=100000", "64"), ("protect.optim.lr=x", "must be float")]:
         with pytest.raises(ConfigError, match=msg):
             load_config(None, [ov])
     import torch
@@ -507,8 +507,8 @@ def test_keygen_into_an_impossible_place_and_interrupts(tmp_path, capsys, monkey
 
     def interrupted(args):
         raise KeyboardInterrupt
-    import faceanonymixer.workflow as wf
-    monkeypatch.setitem(wf.SUBCOMMANDS, "keygen", (wf.SUBCOMMANDS["keygen"][0], wf.add_keygen, interrupted))
+    import faceanonymixer.cli.keygen as kg
+    monkeypatch.setattr(kg, "run", interrupted)
     assert cli.main(["keygen", "--out", str(tmp_path / "k")]) == 130
     assert "interrupted" in capsys.readouterr().err
 
@@ -545,11 +545,11 @@ def test_deep_pickle_and_malicious_pt_get_whole_messages(tmp_path):
 def test_file_names_with_a_newline_are_escaped(tmp_path, capsys):
     odd = tmp_path / "a\nerror: forged line.jpg"
     odd.write_bytes(b"not an image")
-    from faceanonymixer.workflow import _report_bad
+    from faceanonymixer.cli.common import report_bad
     from faceanonymixer.images import read_image
     from faceanonymixer.errors import ImageError
     with pytest.raises(ImageError) as ei:
         read_image(odd)
-    _report_bad([(str(odd), str(ei.value))])
+    report_bad([(str(odd), str(ei.value))])
     err = capsys.readouterr().err
     assert "\\n" in err and not any(line.startswith("error: forged") for line in err.splitlines())

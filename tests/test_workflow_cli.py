@@ -156,12 +156,10 @@ def test_revoked_key_no_longer_matches_with_embedded_models(tmp_path, capsys):
 @pytest.mark.skipif(not _embedded_models_present(), reason="embedded fam-stylegan2-64 / fam-e4e-64 weights not present")
 def test_workflow_protects_with_the_key_anchor_and_protect_keeps_the_paper_setting():
     """enrol/verify/revoke protect lone probes: they use workflow.w_anchor; `protect` keeps loss.w_anchor (0)."""
-    import argparse
-    from faceanonymixer import workflow
-    from faceanonymixer.pipeline import load_config
+    from faceanonymixer.workflow import load_config, workflow_protector
     cfg = load_config()
     assert cfg.workflow.w_anchor == 10000.0 and cfg.protect.loss.w_anchor == 0.0
-    prot = workflow._protector(argparse.Namespace(), cfg)
+    prot = workflow_protector(cfg)
     assert prot.config.loss.w_anchor == 10000.0 and cfg.protect.loss.w_anchor == 0.0   # the config is not mutated
     cfg.workflow.w_anchor = None
-    assert workflow._protector(argparse.Namespace(), cfg).config.loss.w_anchor == 0.0
+    assert workflow_protector(cfg).config.loss.w_anchor == 0.0

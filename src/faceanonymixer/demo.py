@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .keys import Key
-from .pipeline import Protector, load_config, to_uint8
+from .pipeline import Protector, to_uint8
+from .workflow import load_config, verify_threshold
 
 
 def _people(folder: Path) -> dict[str, list[Path]]:
@@ -51,7 +52,6 @@ def run(config_path=None, overrides=None) -> int:
     from .images import write_png_atomic
     grid = write_png_atomic(out / "grid.png", np.concatenate(rows, 0))
     stats = {k: (round(float(np.mean(v)), 4) if v else None) for k, v in summary.items() if k != "bad_items"}
-    from .pipeline import verify_threshold
     stats.update(threshold=verify_threshold(cfg.workflow.threshold, prot.generator, matcher.name),
                  matcher=matcher.name, people=names,
                  bad_items=[f"{i}: {m}" for i, m in summary["bad_items"]],

@@ -346,7 +346,7 @@ class Gallery:
         def tx():
             cur = self.active_key(person)
             if cur is None:
-                raise self._not_enrolled(person)
+                raise self.not_enrolled(person)
             if new_key_fingerprint is not None:
                 self.precheck_enrol(person, new_key_fingerprint, matcher or cur[1], replacing=True)
             n = self.db.execute("DELETE FROM templates WHERE person=?", (person,)).rowcount
@@ -363,7 +363,7 @@ class Gallery:
             pass                        # another reader holds the file: secure_delete already zeroed the rows
         return n
 
-    def _not_enrolled(self, person: str) -> NotEnrolledError:
+    def not_enrolled(self, person: str) -> NotEnrolledError:
         revoked = self.db.execute("SELECT COUNT(*) FROM revocations WHERE person=?", (person,)).fetchone()[0]
         n = self.db.execute("SELECT COUNT(*) FROM people").fetchone()[0]
         why = ("was already revoked; enrol them under a new key with `faceanonymixer enrol`" if revoked else

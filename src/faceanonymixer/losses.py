@@ -44,7 +44,6 @@ class LossConfig:
     w_attr: float = 0.15           # lambda_attr
     margin: float = 0.0            # m in L_anon
     anon_form: str = "abs"         # 'abs' |cos - m| (released code) or 'hinge' max(0, cos - m)
-    id_net: str = "auto"           # 'auto' (arcface-ir-se50 if present, else sface) or a recogniser name
     attr_net: str = "sface-early"  # see ATTR_NETS
     w_sep: float = 0.0             # cross-key separation weight (0 = off, the paper's setting)
     sep_decoys: int = 4            # decoy keys for L_sep

@@ -2,8 +2,8 @@
 
 Python API (see docs/method.md)::
 
-    from faceanonymixer import pipeline, keys
-    prot = pipeline.Protector(pipeline.load_config("configs/default.yaml").protect)   # loads models once
+    from faceanonymixer import pipeline, keys, workflow
+    prot = pipeline.Protector(workflow.load_config("configs/default.yaml").protect)   # loads models once
     res = prot.protect(["a1.jpg", "a2.jpg"], keys.read_key_file("alice.key"))         # one person
     batch = prot.protect_people([["a1.jpg"], ["b1.jpg", "b2.jpg"]], [key_a, key_b])   # many, batched
     pipeline.save_person(res, "out/alice", prot)                                        # PNG + sidecar JSON
@@ -104,48 +104,6 @@ class ProtectConfig:
                                           # 'largest' or 'center' (align.select_face)
 
     LIMITS = dict(batch_people=(1, 1024))              # checked by config.load
-
-
-DEFAULT_THRESHOLD = 0.363                 # OpenCV's SFace cosine threshold for real faces
-
-
-def verify_threshold(cfg_threshold: float | None, generator, matcher: str) -> float:
-    """Decision threshold, first match wins: the config; the threshold the generator's weights name for this
-    matcher (``meta.verify_thresholds``, calibrated on protected faces with `faceanonymixer calibrate`: faces
-    of a small generator are more alike than real ones); 0.363."""
-    if cfg_threshold is not None:
-        return float(cfg_threshold)
-    named = (getattr(generator, "verify_thresholds", None) or {}).get(matcher)
-    return DEFAULT_THRESHOLD if named is None else float(named)
-
-
-@dataclass
-class WorkflowConfig:
-    matcher: str = "sface"                # recogniser the enrol/verify "FR system" uses
-    threshold: float | None = None        # cosine decision threshold; None = the value the generator's weights
-                                          # name for the matcher (calibrated), else 0.363 (OpenCV's SFace)
-    gallery: str = "gallery.db"
-    w_anchor: float | None = 10000.0      # key anchor (loss.w_anchor) for enrol/verify/revoke, which protect a probe
-                                          # alone; None = protect.loss.w_anchor (0, the paper). docs/method.md
-
-
-@dataclass
-class DemoConfig:
-    samples: str | None = None            # folder of sample photos (default: <data_dir>/samples)
-    out: str = "out/demo"
-    steps: int | None = None              # override optim.steps for the demo (None = config value)
-
-
-@dataclass
-class AppConfig:
-    protect: ProtectConfig = field(default_factory=ProtectConfig)
-    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-
-
-def load_config(path=None, overrides: list[str] | None = None) -> AppConfig:
-    """YAML -> AppConfig (unknown keys rejected; ``a.b=value`` overrides)."""
-    return config_mod.load(AppConfig, path, overrides)
 
 
 # -- results ----------------------------------------------------------------------------------------------

@@ -196,24 +196,6 @@ def status_rows() -> list[dict]:
 
 
 # --- CLI: `faceanonymixer weights` -------------------------------------------------------------------
-HELP = "list every model the tool knows, where it was looked for, and whether it is present"
-
-
-def add_arguments(p):
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--verify", action="store_true", help="also check sha256 of present files (reads them)")
-
-
-def run(args) -> int:
-    import json
-    rows = status_rows()
-    if args.verify:
-        for r in rows:
-            if r["present"] and MODELS[r["name"]].sha256:
-                r["sha256_ok"] = sha256_file(Path(r["path"])) == MODELS[r["name"]].sha256
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
     for r in rows:
         state = "present" if r["present"] else "MISSING"
         if "sha256_ok" in r and not r["sha256_ok"]:

@@ -1,5 +1,6 @@
-"""Console entry point ``faceanonymixer``. Each subcommand lives in the module named for its concept and
-exposes ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``."""
+"""Console entry point ``faceanonymixer``: one module per command in this package (or, for the training and
+evaluation commands, in their own wing), each exposing ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+Parsing never takes prefixes of options and never repeats an unknown option's value (it may be a secret)."""
 from __future__ import annotations
 
 import argparse
@@ -7,25 +8,25 @@ import importlib
 import logging
 import sys
 
-from .errors import FaceAnonyMixerError
-from .fileio import shown
+from ..errors import FaceAnonyMixerError
+from ..fileio import shown
 
 # (subcommand, module). Order = order in --help.
 COMMANDS = [
-    ("weights", "faceanonymixer.registry"),
+    ("weights", "faceanonymixer.cli.weights"),
     ("fr-eval", "faceanonymixer.eval.fr_eval"),
     ("generate", "faceanonymixer.train.commands_generate"),
     ("invert", "faceanonymixer.train.commands_invert"),
     ("train", "faceanonymixer.train.commands_train"),
-    ("keygen", "faceanonymixer.workflow"),
-    ("protect", "faceanonymixer.workflow"),
-    ("enrol", "faceanonymixer.workflow"),
-    ("verify", "faceanonymixer.workflow"),
-    ("revoke", "faceanonymixer.workflow"),
-    ("gallery", "faceanonymixer.workflow"),
+    ("keygen", "faceanonymixer.cli.keygen"),
+    ("protect", "faceanonymixer.cli.protect"),
+    ("enrol", "faceanonymixer.cli.enrol"),
+    ("verify", "faceanonymixer.cli.verify"),
+    ("revoke", "faceanonymixer.cli.revoke"),
+    ("gallery", "faceanonymixer.cli.gallery"),
     ("evaluate", "faceanonymixer.eval.evaluate"),
-    ("model-report", "faceanonymixer.eval.models_report"),
-    ("calibrate", "faceanonymixer.eval.calibrate"),
+    ("model-report", "faceanonymixer.eval.quality.report"),
+    ("calibrate", "faceanonymixer.cli.calibrate"),
 ]
 
 EXAMPLES = """examples:
@@ -75,13 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=SafeParser)
     for name, modname in COMMANDS:
         mod = importlib.import_module(modname)
-        # A module may serve several subcommands (workflow): it then exposes COMMANDS[name] = (help, add, run).
-        if hasattr(mod, "SUBCOMMANDS"):
-            if name not in mod.SUBCOMMANDS:
-                continue
-            help_, add, fn = mod.SUBCOMMANDS[name]
-        else:
-            help_, add, fn = mod.HELP, mod.add_arguments, mod.run
+        help_, add, fn = mod.HELP, mod.add_arguments, mod.run
         p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         add(p)
