@@ -95,11 +95,51 @@ def test_rerun_never_overwrites_without_the_flag(tiny, tmp_path, capsys):
     (out / "bob").mkdir()                                   # a folder the user made
     (out / "bob" / "notes.txt").write_text("mine")
     people_dir(src, {"bob": ["biden.jpg"]})
-    assert run(["protect", str(src), "--key", k1, "--out", str(out), "--no-progress"], tiny) == 2
-    assert "not made by this run" in capsys.readouterr().out and (out / "bob" / "notes.txt").exists()
+    for flags in ([], ["--overwrite"]):                     # never deleted, not even with --overwrite
+        assert run(["protect", str(src), "--key", k1, "--out", str(out), "--no-progress"] + flags, tiny) == 2
+        assert "is not a faceanonymixer output folder" in capsys.readouterr().out
+        assert (out / "bob" / "notes.txt").read_text() == "mine"
+    shutil.rmtree(out / "bob")
     assert run(["protect", str(src), "--key", k2, "--out", str(out), "--overwrite", "--no-progress"], tiny) == 0
-    assert (out / "alice" / "alice_0.png").read_bytes() != first and not (out / "bob" / "notes.txt").exists()
-    assert json.loads((out / "faceanonymixer-run.json").read_text())["key_fingerprint"] == Key(bytes([2]) * 32).fingerprint
+    assert (out / "alice" / "alice_0.png").read_bytes() != first                    # our own output: replaced
+    header = json.loads((out / "faceanonymixer-run.jsonl").read_text().splitlines()[0])
+    assert header["key_fingerprint"] == Key(bytes([2]) * 32).fingerprint
+    capsys.readouterr()
+    # another run under k1 that covers only alice would leave bob (k2) beside it: refused, nothing mixed
+    assert run(["protect", str(src / "alice"), "--key", k1, "--out", str(out), "--overwrite", "--no-progress"],
+               tiny) == 2
+    assert "must not mix" in capsys.readouterr().out
+
+
+@needs_samples
+def test_changed_or_added_photos_are_noticed(tiny, tmp_path, capsys):
+    src = people_dir(tmp_path / "in", {"alice": ["obama.jpg"], "bob": ["biden.jpg"]})
+    out, k = tmp_path / "out", key_file(tmp_path, 1)
+    assert run(["protect", str(src), "--key", k, "--out", str(out), "--no-progress"], tiny) == 0
+    before = (out / "alice" / "alice_0.png").read_bytes()
+    shutil.copy(SAMPLES / "obama2.jpg", src / "alice" / "alice_0.jpg")          # replaced photo
+    shutil.copy(SAMPLES / "obama3.jpg", src / "bob" / "bob_1.jpg")              # added photo
+    capsys.readouterr()
+    assert run(["protect", str(src), "--key", k, "--out", str(out), "--no-progress"], tiny) == 2
+    o = capsys.readouterr().out
+    assert "2 output folder(s) in the way" in o and "made from other photos" in o
+    assert (out / "alice" / "alice_0.png").read_bytes() == before
+    assert run(["protect", str(src), "--key", k, "--out", str(out), "--no-progress", "--overwrite"], tiny) == 0
+    assert (out / "alice" / "alice_0.png").read_bytes() != before and (out / "bob" / "bob_1.png").is_file()
+
+
+def test_torn_manifest_line_is_cut_and_damaged_manifest_named(tmp_path):
+    from faceanonymixer.batch import MANIFEST, OutputError, Run
+    out = tmp_path / "out"
+    out.mkdir()
+    head = json.dumps(dict(format="faceanonymixer-run", version=2, key_fingerprint="fp", config_hash="c"))
+    (out / MANIFEST).write_text(head + "\n" + '{"person": "a", "files": {}}\n{"person": "b", "fi')
+    r = Run(out, "fp", "c", overwrite=False, resume=False)
+    r.close()
+    assert list(r.people) == ["a"] and (out / MANIFEST).read_text().endswith("{}}\n")   # torn tail cut
+    (out / MANIFEST).write_text(head + "\n" + '{"person": "a", "files": "x"}\n')
+    with pytest.raises(OutputError, match="damaged"):
+        Run(out, "fp", "c", overwrite=False, resume=False)
 
 
 # -- 2, 3. a bad folder never stops the batch; the layout never depends on failures; no collisions -------------
@@ -112,7 +152,7 @@ def test_bad_subfolder_is_listed_and_the_rest_protected(tiny, tmp_path, capsys):
     o = capsys.readouterr()
     assert "a_empty" in o.err and "no images" in o.err and "2 person(s)" in o.out
     assert visible(out) == ["bob", "bob/bob_0.json", "bob/bob_0.png", "dave", "dave/dave_0.json", "dave/dave_0.png",
-                            "faceanonymixer-run.json"]
+                            "faceanonymixer-run.jsonl"]
 
 
 @needs_samples
@@ -144,7 +184,7 @@ def _check_complete_pairs(out: Path) -> None:
 
 def _outputs(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and not p.name.startswith(".") and p.name != "faceanonymixer-run.json"}
+            if p.is_file() and not p.name.startswith(".") and p.name != "faceanonymixer-run.jsonl"}
 
 
 def _kill_test(tmp_path, kills: int, seed: int) -> None:
@@ -171,8 +211,11 @@ def _kill_test(tmp_path, kills: int, seed: int) -> None:
             _check_complete_pairs(out)
             done = _outputs(out)
             assert all(ref[n] == b for n, b in done.items())     # what is there is final and bit-identical
+    done_before = len([d for d in out.iterdir() if d.is_dir() and not d.name.startswith(".")]) if out.exists() else 0
     r = subprocess.run(cmd + [str(out)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    if done_before:                                         # it resumed: the finished people were not redone
+        assert f"{8 - done_before} person(s)" in r.stdout and f"{done_before} already done" in r.stdout, r.stdout
     _check_complete_pairs(out)
     assert _outputs(out) == ref
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".faceanonymixer.lock"]
@@ -207,7 +250,7 @@ def test_streaming_writes_each_batch_before_the_next(tiny, tmp_path, monkeypatch
     monkeypatch.setattr(prot, "protect_people", crash_on_second)
     with pytest.raises(MemoryError):
         protect_dataset(prot, units, Key(bytes(32)), tmp_path / "out", progress=False)
-    assert visible(tmp_path / "out") == ["a", "a/a_0.json", "a/a_0.png", "faceanonymixer-run.json"]
+    assert visible(tmp_path / "out") == ["a", "a/a_0.json", "a/a_0.png", "faceanonymixer-run.jsonl"]
     calls.clear()
     monkeypatch.setattr(prot, "protect_people", lambda *a, **kw: (calls.append(a[2]), real(*a, **kw))[1])
     res = protect_dataset(prot, units, Key(bytes(32)), tmp_path / "out", progress=False)
@@ -273,12 +316,14 @@ def test_same_key_enrolled_twice_is_stored_once(tmp_path):
         assert len(g.templates("a")) == 2
 
 
-def _enrol_proc(db: str, person: str, fp: str, seed: int, q):
+def _enrol_proc(db: str, person: str, fp: str, seed: int, q, barrier=None):
     rng = np.random.default_rng(seed)
     e = rng.normal(size=(2, 8)).astype(np.float32)
     e /= np.linalg.norm(e, axis=1, keepdims=True)
     try:
         with Gallery(db) as g:
+            if barrier is not None:
+                barrier.wait(30)                           # all processes write at the same instant
             if seed % 3 == 2:
                 g.revoke(person)
                 q.put(("revoked", fp))
@@ -295,8 +340,8 @@ def test_concurrent_enrols_and_revokes_keep_one_active_key(tmp_path):
     Gallery(db, create=True).close()
     ctx = mp.get_context("fork")
     for rnd in range(3):
-        q = ctx.Queue()
-        procs = [ctx.Process(target=_enrol_proc, args=(db, "alice", f"fp{rnd}_{i}", i, q)) for i in range(6)]
+        q, barrier = ctx.Queue(), ctx.Barrier(6)
+        procs = [ctx.Process(target=_enrol_proc, args=(db, "alice", f"fp{rnd}_{i}", i, q, barrier)) for i in range(6)]
         for p in procs:
             p.start()
         for p in procs:
@@ -335,6 +380,32 @@ def test_v1_gallery_is_migrated_with_a_backup(tmp_path):
     assert sqlite3.connect(tmp_path / "old.db.v1-backup").execute("SELECT COUNT(*) FROM templates").fetchone()[0] == 4
 
 
+def test_foreign_sqlite_is_never_changed_and_revoked_keys_are_refused_for_anyone(tmp_path, capsys):
+    app = tmp_path / "app.db"
+    c = sqlite3.connect(app)
+    c.executescript("PRAGMA user_version=1; CREATE TABLE accounts(id INTEGER, name TEXT);")
+    c.close()
+    before = app.read_bytes()
+    for argv in (["gallery", "check"], ["gallery", "list"], ["revoke", "alice"]):
+        assert run(argv + ["--gallery", str(app)]) == 2
+        assert "not a faceanonymixer gallery" in capsys.readouterr().out
+    assert app.read_bytes() == before
+    c = sqlite3.connect(app)
+    c.executescript("PRAGMA user_version=2;")
+    c.close()
+    assert run(["gallery", "list", "--gallery", str(app)]) == 2            # v2 by number only: still refused
+    e = np.eye(1, 4, dtype=np.float32)
+    with Gallery(tmp_path / "g.db", create=True) as g:
+        g.enrol("alice", "old", "sface", e)
+        g.revoke("alice")
+        for name in ("Alice", "bob"):                                      # another spelling, another person
+            with pytest.raises(GalleryError, match="revoked"):
+                g.enrol(name, "old", "sface", e)
+        for bad in ("", " alice", "a\nb", "x" * 201):
+            with pytest.raises(GalleryError, match="not allowed"):
+                g.enrol(bad, "new", "sface", e)
+
+
 def test_gallery_check_finds_tampering(tmp_path, capsys):
     db = tmp_path / "g.db"
     with Gallery(db, create=True) as g:
@@ -349,6 +420,12 @@ def test_gallery_check_finds_tampering(tmp_path, capsys):
     assert run(["gallery", "check", "--gallery", str(db)]) == 1
     err = capsys.readouterr().err
     assert "template 1" in err and "unit vector" in err and "template 2" in err and "not a valid PNG" in err
+    c = sqlite3.connect(db)
+    c.execute("DROP TRIGGER people_not_revoked_ins")                    # the rules themselves removed
+    c.commit()
+    c.close()
+    assert run(["gallery", "check", "--gallery", str(db)]) == 1
+    assert "people_not_revoked_ins is missing" in capsys.readouterr().err
 
 
 def test_locked_and_readonly_gallery_fail_before_any_work(tmp_path, capsys):
@@ -387,6 +464,12 @@ def test_passphrase_on_the_command_line_is_refused_and_never_echoed(capsys):
     o = capsys.readouterr().out
     assert "my secret" not in o and "NAME of an environment variable" in o
     assert "--new-passphrase-env" in cli.build_parser()._subparsers._group_actions[0].choices["revoke"].format_help()
+    os.environ.pop("hunter2", None)                        # a one-word passphrase looks like a variable name
+    assert run(["verify", "alice", "x.jpg", "--passphrase-env", "hunter2", "--gallery", "g.db"]) == 2
+    assert "hunter2" not in capsys.readouterr().out
+    from faceanonymixer.errors import KeyFileError
+    with pytest.raises(KeyFileError, match="too short"):   # a sidecar's fingerprint allows offline guessing
+        Key.from_passphrase("sunshine1")
 
 
 # -- 10. sidecars name nobody; the private manifest is opt-in ---------------------------------------------------
@@ -401,8 +484,14 @@ def test_sidecars_do_not_name_the_person_or_source(tiny, tmp_path):
                tiny) == 0
     side = (out / "Tony_Blair" / "Tony_Blair_0.json").read_text()
     assert "Tony" not in side and "source" not in side and "person" not in side
-    m = json.loads(pm.read_text())
-    assert m["Tony_Blair/Tony_Blair_0.png"]["person"] == "Tony_Blair" and (pm.stat().st_mode & 0o777) == 0o600
+    lines = [json.loads(x) for x in pm.read_text().splitlines()]
+    assert lines[0]["format"] == "faceanonymixer-private-manifest" and (pm.stat().st_mode & 0o777) == 0o600
+    assert lines[1]["output"] == "Tony_Blair/Tony_Blair_0.png" and lines[1]["person"] == "Tony_Blair"
+    k_file = Path(k)
+    secret = k_file.read_bytes()
+    assert run(["protect", str(src), "--key", k, "--out", str(tmp_path / "o2"), "--no-progress",
+                "--private-manifest", str(k_file)], tiny) == 2   # someone else's file: refused before any work
+    assert k_file.read_bytes() == secret and not (tmp_path / "o2").exists()
 
 
 # -- 11, 12. bombs, huge files, FIFOs, foreign formats ------------------------------------------------------------
@@ -457,6 +546,16 @@ def test_huge_key_file_and_special_files(tmp_path, capsys):
         (tmp_path / "z.key").symlink_to("/dev/zero")
         with pytest.raises(KeyFileError, match="not a regular file"):
             read_key_file(tmp_path / "z.key")
+    code = ("import sys\nfrom faceanonymixer.keys import read_key_file\ntry:\n    read_key_file(sys.argv[1])\n"
+            "except Exception as e:\n    print(type(e).__name__)\n"
+            "print([int(x.split()[1]) // 1024 for x in open('/proc/self/status') if x.startswith('VmHWM')][0])")
+    r = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True, check=True)
+    err, rss_mb = r.stdout.split()
+    assert err == "KeyFileError" and int(rss_mb) < 400, r.stdout     # never read whole (it took 3.4 GB before)
+    from faceanonymixer.keys import write_key_file
+    (tmp_path / "null.key").symlink_to("/dev/null")
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        write_key_file(tmp_path / "null.key", overwrite=True)       # --force never writes through a link/device
     from faceanonymixer.batch import plan_people
     d = tmp_path / "batch" / "alice"
     d.mkdir(parents=True)
@@ -553,3 +652,12 @@ def test_file_names_with_a_newline_are_escaped(tmp_path, capsys):
     report_bad([(str(odd), str(ei.value))])
     err = capsys.readouterr().err
     assert "\\n" in err and not any(line.startswith("error: forged") for line in err.splitlines())
+
+
+def test_log_lines_escape_control_characters(capsys):
+    import logging
+
+    from faceanonymixer.cli import _EscapingFormatter
+    rec = logging.LogRecord("x", logging.WARNING, __file__, 1, "skipped %s", ("a\nerror: forged.jpg",), None)
+    line = _EscapingFormatter("%(levelname)s %(message)s").format(rec)
+    assert "\n" not in line and "\\n" in line

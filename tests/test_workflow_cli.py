@@ -60,7 +60,7 @@ def test_protect_cli_continues_past_bad_items(tiny, tmp_path, capsys):
     out = capsys.readouterr()
     assert "3 item(s) failed" in out.err and "b.jpg" in out.err and "c.png" in out.err and "missing" in out.err
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
-        "faceanonymixer-run.json", "obama"]                       # always OUT/<person>/, whatever failed
+        "faceanonymixer-run.jsonl", "obama"]                       # always OUT/<person>/, whatever failed
     assert sorted(p.name for p in (tmp_path / "out" / "obama").iterdir()) == ["a.json", "a.png"]
     side = (tmp_path / "out" / "obama" / "a.json").read_text()
     assert secret not in out.out + out.err + side

@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from .keys import Key
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "faceanonymixer-run.json"
+MANIFEST = "faceanonymixer-run.jsonl"
 LOCK = ".faceanonymixer.lock"
 _STAGING, _REPLACED = ".fam-staging.", ".fam-replaced."
 
@@ -63,6 +64,11 @@ def _safe_name(name: str) -> str:
     return "person" if name in ("", ".", "..") else name
 
 
+def _reserved(name: str) -> bool:
+    """Names a person folder cannot have: hidden ones (our staging folders are hidden) and our own files."""
+    return name.startswith(".") or name in (MANIFEST, LOCK)
+
+
 def plan_people(inputs: list[str]) -> tuple[list[Unit], list[tuple[str, str]]]:
     """Units from CLI inputs, plus (item, message) for inputs that give none. A folder that fails (empty,
     unreadable) is listed and skipped; the others go on. Two inputs that map to one person folder: the second
@@ -80,7 +86,7 @@ def plan_people(inputs: list[str]) -> tuple[list[Unit], list[tuple[str, str]]]:
         if imgs:
             units.append(Unit(_safe_name(name), imgs, str(d)))
         elif not allow_subs_only:
-            bad.append((str(d), f"{shown(d)}: no images in this folder; skipped"))
+            bad.append((str(d), "no images in this folder; skipped"))
 
     for inp in inputs:
         p = Path(inp)
@@ -88,7 +94,7 @@ def plan_people(inputs: list[str]) -> tuple[list[Unit], list[tuple[str, str]]]:
             try:
                 subs = sorted(d for d in p.iterdir() if d.is_dir() and not d.name.startswith("."))
             except OSError as e:
-                bad.append((inp, f"{shown(p)}: cannot be read ({e.strerror})"))
+                bad.append((inp, f"cannot be read ({e.strerror})"))
                 continue
             for d in subs:
                 add_folder(d, d.name)
@@ -96,14 +102,18 @@ def plan_people(inputs: list[str]) -> tuple[list[Unit], list[tuple[str, str]]]:
         elif p.exists() or p.is_symlink():
             loose.append(p)
         else:
-            bad.append((inp, f"{shown(p)}: no such file or folder. Check the path."))
+            bad.append((inp, "no such file or folder. Check the path."))
     if loose:
         units.append(Unit(_safe_name(loose[0].parent.name), loose, "the files given"))
     seen: dict[str, Unit] = {}
     kept = []
     for u in units:
+        if _reserved(u.name):
+            bad.append((u.origin, f"'{shown(u.name)}' cannot be a person folder name (hidden, or "
+                                  "the name of the run manifest); rename it"))
+            continue
         if u.name in seen:
-            bad.append((u.origin, f"{shown(u.origin)}: its person folder '{shown(u.name)}' is also made from "
+            bad.append((u.origin, f"its person folder '{shown(u.name)}' is also made from "
                                   f"{shown(seen[u.name].origin)}; both would write OUT/{shown(u.name)}/. Protect them "
                                   "into separate --out folders (or rename one)."))
             continue
@@ -158,8 +168,28 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def inputs_digest(key: Key, unit: Unit) -> str:
+    """What a person's outputs were made from: a keyed hash (HMAC under the key) of each photo's name and content,
+    so that a re-run notices changed, added or removed photos, while the manifest reveals nothing to whoever lacks
+    the key (a plain hash of the originals would let anyone holding a photo test whether it is in the set)."""
+    h = hmac.new(key.derive("faceanonymixer/run-inputs/v1"), digestmod=hashlib.sha256)
+    for p in unit.images:
+        h.update(p.name.encode("utf-8", "surrogateescape") + b"\0")
+        try:
+            if p.is_file():
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+        except OSError:
+            h.update(b"\0unreadable")
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
 class Run:
-    """The output folder of one protection run: its lock, manifest, and the atomic commit of each person."""
+    """The output folder of one protection run: its lock, its manifest (JSON lines: a header naming the key
+    fingerprint and config hash, then one line appended per committed person, so a commit costs one small append
+    whatever the size of the collection) and the atomic commit of each person."""
 
     def __init__(self, out: Path, key_fingerprint: str, cfg_hash: str, overwrite: bool, resume: bool):
         self.out, self.fp, self.cfg_hash, self.overwrite = out, key_fingerprint, cfg_hash, overwrite
@@ -177,23 +207,21 @@ class Run:
                                                               and p.name.endswith(".tmp")):
                 _remove(p)
         self.people: dict[str, dict] = {}
+        self.other_run: set[str] = set()  # people of another run's manifest (with --overwrite)
+        self.fresh = True                 # the manifest must be (re)started with this run's header
         mpath = out / MANIFEST
-        if mpath.exists():
-            try:
-                m = json.loads(mpath.read_text())
-                assert m.get("format") == "faceanonymixer-run" and isinstance(m.get("people"), dict)
-            except (OSError, ValueError, AssertionError):
-                raise OutputError(f"{shown(mpath)} is damaged; use another --out, or --overwrite to start this run "
-                                  "afresh there") from None
-            same = m.get("key_fingerprint") == self.fp and m.get("config_hash") == self.cfg_hash
-            if same:
-                self.people = m["people"]
+        if mpath.exists() or mpath.is_symlink():
+            header, people = _read_manifest(mpath)
+            if header.get("key_fingerprint") == self.fp and header.get("config_hash") == self.cfg_hash:
+                self.people, self.fresh = people, False
             elif not overwrite:
                 raise OutputError(
-                    f"{shown(out)} holds the outputs of another run (key {m.get('key_fingerprint')}, config "
-                    f"{m.get('config_hash')}; this run: key {self.fp}, config {self.cfg_hash}). Outputs of two keys "
-                    "or configs must not mix: choose another --out, or pass --overwrite to replace the folders of "
-                    "the people in this run.")
+                    f"{shown(out)} holds the outputs of another run (key {header.get('key_fingerprint')}, config "
+                    f"{header.get('config_hash')}; this run: key {self.fp}, config {self.cfg_hash}). Outputs of two "
+                    "keys or configs must not mix: choose another --out, or pass --overwrite to replace that run's "
+                    "outputs (all of its people must then be in this run).")
+            else:
+                self.other_run = set(people)
         elif resume:
             raise OutputError(f"--resume: {shown(out)} holds no run manifest ({MANIFEST}); nothing to resume")
 
@@ -201,41 +229,54 @@ class Run:
         self._lock.close()
 
     # what is already there
-    def _ours(self, d: Path) -> dict | None:
-        """{file: sha256} when folder ``d`` is a complete output of this run (every PNG has its sidecar with this
-        key, config and the PNG's sha256), else None."""
+    def _pairs(self, d: Path) -> tuple[dict[str, bytes], bool] | None:
+        """(files, ours) when ``d`` is an output folder of faceanonymixer (only PNG + sidecar pairs, each sidecar
+        of our format naming its PNG's sha256); ``ours``: every sidecar has this run's key and config. None for
+        anything else (a folder a person made, with anything else in it)."""
         try:
-            files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file()}
+            entries = list(d.iterdir())
+            if any(not p.is_file() or p.is_symlink() for p in entries):
+                return None
+            files = {p.name: p.read_bytes() for p in entries}
         except OSError:
             return None
         pngs = [n for n in files if n.endswith(".png")]
         if not pngs or len(files) != 2 * len(pngs):
             return None
+        ours = True
         for n in pngs:
             j = files.get(n[:-4] + ".json")
             try:
                 side = json.loads(j) if j is not None else None
             except ValueError:
                 return None
-            if not side or side.get("key_fingerprint") != self.fp or side.get("config_hash") != self.cfg_hash \
+            if not isinstance(side, dict) or side.get("format") != "faceanonymixer-protected" \
                     or side.get("image_sha256") != _sha(files[n]):
                 return None
-        return {n: _sha(b) for n, b in sorted(files.items())}
+            ours = ours and side.get("key_fingerprint") == self.fp and side.get("config_hash") == self.cfg_hash
+        return files, ours
 
-    def status(self, name: str) -> str:
-        """'done' (skip), 'todo', 'replace' (exists, --overwrite) or 'conflict'."""
+    def status(self, name: str, digest: str) -> tuple[str, str]:
+        """('done' | 'todo' | 'replace' | 'conflict', why). 'replace' only with --overwrite, and only for output
+        folders of faceanonymixer; a folder with anything else in it is never deleted."""
         d = self.out / name
         if not (d.exists() or d.is_symlink()):
             self.people.pop(name, None)
-            return "todo"
-        if d.is_dir() and not d.is_symlink():
-            rec = self.people.get(name)
-            files = self._ours(d)
-            if files is not None and (rec is None or rec.get("files") == files):
-                self.people[name] = dict(files=files, **({} if rec is None else
-                                                         {k: v for k, v in rec.items() if k != "files"}))
-                return "done"
-        return "replace" if self.overwrite else "conflict"
+            return "todo", ""
+        found = self._pairs(d) if d.is_dir() and not d.is_symlink() else None
+        if found is None:
+            return "conflict", "is not a faceanonymixer output folder (it is never deleted, even with --overwrite)"
+        files, ours = found
+        rec = self.people.get(name)
+        shas = {n: _sha(b) for n, b in sorted(files.items())}
+        if ours and (rec is None or (rec.get("files") == shas and rec.get("inputs") == digest)):
+            if rec is None:        # committed just before a crash, not yet in the manifest: adopt it
+                self.people[name] = dict(files=shas, inputs=digest)
+                self._append(name, self.people[name])
+            return "done", ""
+        why = ("was made from other photos (changed, added or removed since)" if ours and rec is not None
+               and rec.get("files") == shas else "holds outputs of another run (key or config) or was modified")
+        return ("replace" if self.overwrite else "conflict"), why
 
     def commit(self, name: str, files: dict[str, bytes], extra: dict) -> None:
         stage = self.out / f"{_STAGING}{name}.{os.getpid()}"
@@ -255,12 +296,55 @@ class Run:
         if aside is not None:
             _remove(aside)
         self.people[name] = dict(files={n: _sha(b) for n, b in sorted(files.items())}, **extra)
-        self.save()
+        self._append(name, self.people[name])
 
-    def save(self) -> None:
-        m = dict(format="faceanonymixer-run", version=1, key_fingerprint=self.fp, config_hash=self.cfg_hash,
-                 people=dict(sorted(self.people.items())))
-        atomic_write(self.out / MANIFEST, lambda f: f.write(json.dumps(m, indent=1).encode() + b"\n"))
+    def start(self) -> None:
+        """Write this run's manifest header (a new run, or --overwrite of another run's folder)."""
+        if self.fresh:
+            header = dict(format="faceanonymixer-run", version=2, key_fingerprint=self.fp, config_hash=self.cfg_hash)
+            atomic_write(self.out / MANIFEST, lambda f: f.write(json.dumps(header).encode() + b"\n"))
+            for name, rec in self.people.items():    # folders adopted before the header existed
+                self._append(name, rec)
+            self.fresh = False
+
+    def _append(self, name: str, rec: dict) -> None:
+        if self.fresh:
+            return                                   # start() writes them
+        with open(self.out / MANIFEST, "ab") as f:
+            f.write(json.dumps(dict(person=name, **rec), sort_keys=True).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _read_manifest(path: Path) -> tuple[dict, dict[str, dict]]:
+    """(header, {person: record}) of a run manifest. A torn last line (a crash mid-append) is cut off the file so
+    that the next append starts on a line of its own."""
+    damaged = OutputError(f"{shown(path)} is damaged or not a faceanonymixer run manifest. Move it away (the "
+                          "person folders stay and are checked file by file) or choose another --out.")
+    try:
+        lines = path.read_bytes().split(b"\n")
+        header = json.loads(lines[0])
+    except (OSError, ValueError, IndexError):
+        raise damaged from None
+    if not isinstance(header, dict) or header.get("format") != "faceanonymixer-run":
+        raise damaged
+    people: dict[str, dict] = {}
+    torn = bool(lines[-1].strip())                   # no newline at the end: an append was interrupted
+    body = [ln for ln in lines[1:] if ln.strip()]
+    for i, ln in enumerate(body):
+        try:
+            rec = json.loads(ln)
+            assert isinstance(rec, dict) and isinstance(rec.get("person"), str) \
+                and isinstance(rec.get("files"), dict) and all(isinstance(v, str) for v in rec["files"].values())
+        except (ValueError, AssertionError):
+            if i == len(body) - 1 and torn:
+                break
+            raise damaged from None
+        people[rec.pop("person")] = rec
+    if torn:
+        with open(path, "r+b") as f:
+            f.truncate(sum(len(ln) + 1 for ln in lines[:-1]))
+    return header, people
 
 
 # -- the run -----------------------------------------------------------------------------------------------
@@ -279,24 +363,26 @@ def protect_dataset(protector, units: list[Unit], key: Key, out, *, overwrite: b
     it links protected images to real ones, so it is written with mode 0600 and never by default."""
     from .pipeline import person_files
     out = Path(out)
-    pm = Path(private_manifest) if private_manifest else None
-    if pm is not None:
-        if pm.resolve() == out.resolve() or out.resolve() in pm.resolve().parents:
-            raise OutputError(f"--private-manifest {shown(pm)} must be outside --out {shown(out)}: it names the "
-                              "people and source photos of the protected images")
-        if not pm.parent.is_dir():
-            raise OutputError(f"--private-manifest: folder {shown(pm.parent)} does not exist")
+    pm = check_private_manifest(private_manifest, out)
     check_out(out, [str(p) for u in units for p in u.images])   # no output among the photos; writable
     run = Run(out, key.fingerprint, config_hash(protector.config), overwrite, resume)
     try:
-        states = {u.name: run.status(u.name) for u in units}
-        conflicts = [u.name for u in units if states[u.name] == "conflict"]
+        digests = {u.name: inputs_digest(key, u) for u in units}
+        states = {u.name: run.status(u.name, digests[u.name]) for u in units}
+        conflicts = [(u.name, states[u.name][1]) for u in units if states[u.name][0] == "conflict"]
+        left = sorted(run.other_run - set(states))
+        if left:
+            raise OutputError(f"--overwrite would leave {len(left)} person folder(s) of the earlier run in "
+                              f"{shown(out)} (e.g. {', '.join(shown(n) for n in left[:5])}) beside this run's: outputs "
+                              "of two keys or configs must not mix. Choose another --out.")
         if conflicts:
-            listed = ", ".join(shown(out / n) for n in conflicts[:10]) + (" ..." if len(conflicts) > 10 else "")
-            raise OutputError(f"{len(conflicts)} output folder(s) already exist and were not made by this run (key "
-                              f"{key.fingerprint}, this config): {listed}. Nothing was computed or overwritten; pass "
-                              "--overwrite to replace them, or choose another --out.")
-        run.save()
+            listed = "; ".join(f"{shown(out / n)} {why}" for n, why in conflicts[:10]) + \
+                (" ..." if len(conflicts) > 10 else "")
+            raise OutputError(f"{len(conflicts)} output folder(s) in the way: {listed}. Nothing was computed or "
+                              "deleted; pass --overwrite to redo faceanonymixer outputs, move other folders away, "
+                              "or choose another --out.")
+        run.start()
+        states = {n: st for n, (st, _) in states.items()}
         res = DatasetResult([], [u.name for u in units if states[u.name] == "done"], 0, [])
         B = max(1, int(protector.config.batch_people))
         bar = _bar(len(units), len(res.skipped), progress)
@@ -314,16 +400,16 @@ def protect_dataset(protector, units: list[Unit], key: Key, out, *, overwrite: b
                 if r.name not in todo:
                     continue
                 files = person_files(r, protector)
-                run.commit(r.name, files, dict(images=len(r.sources), timings=r.timings))
+                run.commit(r.name, files, dict(inputs=digests[r.name], images=len(r.sources), timings=r.timings))
                 res.written.append(r.name)
                 res.images += len(r.sources)
                 if pm is not None:
                     _private_entry(pm, out, r)
             n_img += sum(len(r.sources) for r in br.results if r.name in todo)
             if bar is not None:
-                bar.update(len(todo))
                 dt = time.perf_counter() - t0
                 bar.set_postfix(images=n_img, img_s=f"{n_img / max(dt, 1e-9):.2f}", refresh=False)
+                bar.update(len(todo))
         if bar is not None:
             bar.close()
         return res
@@ -338,9 +424,50 @@ def _bar(total: int, initial: int, progress: bool):
     return tqdm(total=total, initial=initial, desc="protect", unit="person", file=sys.stderr, dynamic_ncols=True)
 
 
+def check_private_manifest(private_manifest, out: Path) -> Path | None:
+    """The --private-manifest path, checked before any work: outside ``out``, in an existing folder, and either
+    new or one of ours (someone else's file is never written into)."""
+    if not private_manifest:
+        return None
+    pm, out = Path(private_manifest), Path(out)
+    if pm.resolve() == out.resolve() or out.resolve() in pm.resolve().parents:
+        raise OutputError(f"--private-manifest {shown(pm)} must be outside --out {shown(out)}: it names the "
+                          "people and source photos of the protected images")
+    if not pm.parent.is_dir():
+        raise OutputError(f"--private-manifest: folder {shown(pm.parent)} does not exist")
+    if pm.exists() or pm.is_symlink():
+        _open_private(pm).close()
+    return pm
+
+
+_PM_HEADER = {"format": "faceanonymixer-private-manifest", "version": 1}
+
+
+def _open_private(pm: Path):
+    """The private manifest for appending: created with mode 0600 and a header line, or an existing one of ours
+    (JSON lines whose first line is that header). Any other existing file is refused, never overwritten."""
+    if pm.exists() or pm.is_symlink():
+        try:
+            with open(pm, "rb") as f:
+                first = f.readline()
+            ok = pm.is_file() and json.loads(first) == _PM_HEADER
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise OutputError(f"--private-manifest {shown(pm)} exists and is not a faceanonymixer private manifest; "
+                              "refusing to write into it. Give a new file name.")
+        return open(pm, "ab")
+    fd = os.open(pm, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    f = os.fdopen(fd, "ab")
+    f.write(json.dumps(_PM_HEADER).encode() + b"\n")
+    return f
+
+
 def _private_entry(pm: Path, out: Path, r) -> None:
     from .pipeline import output_stems
-    data = json.loads(pm.read_text()) if pm.exists() else {}
-    for stem, src in zip(output_stems(r.sources), r.sources):
-        data[f"{r.name}/{stem}.png"] = dict(person=r.name, source=str(Path(src).resolve()))
-    atomic_write(pm, lambda f: f.write(json.dumps(data, indent=1, sort_keys=True).encode()), mode=0o600)
+    with _open_private(pm) as f:
+        for stem, src in zip(output_stems(r.sources), r.sources):
+            f.write(json.dumps(dict(output=f"{r.name}/{stem}.png", person=r.name,
+                                    source=str(Path(src).resolve()))).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -6,7 +6,7 @@ interleaving of processes:
 * **one active key per person**: ``people`` has one row per enrolled person naming its key fingerprint and
   matcher; a trigger refuses a template whose fingerprint or matcher differs from the person's row;
 * **revoked keys never come back**: ``revocations`` lists (person, fingerprint); a trigger refuses a ``people``
-  row that names a revoked fingerprint for that person;
+  row that names a revoked fingerprint, for that person or anyone else (a revoked key is a compromised key);
 * every change (enrol, revoke, revoke + re-enrol) is one ``BEGIN IMMEDIATE`` transaction: checks and writes see
   the same state, and a crash leaves either the old or the new gallery;
 * enrolling the same protected template twice stores it once (``UNIQUE(person, digest)``);
@@ -23,6 +23,7 @@ import os
 import shutil
 import sqlite3
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +60,10 @@ CREATE TABLE IF NOT EXISTS revocations (
     PRIMARY KEY(person, key_fingerprint)
 );
 CREATE TRIGGER IF NOT EXISTS people_not_revoked_ins BEFORE INSERT ON people
-WHEN EXISTS (SELECT 1 FROM revocations r WHERE r.person = NEW.person AND r.key_fingerprint = NEW.key_fingerprint)
+WHEN EXISTS (SELECT 1 FROM revocations r WHERE r.key_fingerprint = NEW.key_fingerprint)
 BEGIN SELECT RAISE(ABORT, 'revoked key'); END;
 CREATE TRIGGER IF NOT EXISTS people_not_revoked_upd BEFORE UPDATE ON people
-WHEN EXISTS (SELECT 1 FROM revocations r WHERE r.person = NEW.person AND r.key_fingerprint = NEW.key_fingerprint)
+WHEN EXISTS (SELECT 1 FROM revocations r WHERE r.key_fingerprint = NEW.key_fingerprint)
 BEGIN SELECT RAISE(ABORT, 'revoked key'); END;
 CREATE TRIGGER IF NOT EXISTS templates_one_key BEFORE INSERT ON templates
 WHEN NOT EXISTS (SELECT 1 FROM people p WHERE p.person = NEW.person AND p.key_fingerprint = NEW.key_fingerprint
@@ -71,6 +72,9 @@ BEGIN SELECT RAISE(ABORT, 'template key or matcher differs from the person''s ac
 """
 
 _V1_TABLES = {"templates", "revocations"}
+_TABLES = {"people", "templates", "revocations"}
+_TRIGGERS = {"people_not_revoked_ins", "people_not_revoked_upd", "templates_one_key"}
+MAX_NAME = 200                            # characters in a person id
 
 
 class GalleryError(FaceAnonyMixerError):
@@ -144,18 +148,26 @@ class Gallery:
 
     def _ensure_schema(self) -> None:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                  if not r[0].startswith("sqlite_")}
+        foreign = GalleryError(f"{shown(self.path)} is an SQLite database but not a faceanonymixer gallery (schema "
+                               f"version {version}, tables {sorted(tables)}); it was not changed. Give another "
+                               "--gallery path.")
         if version > SCHEMA_VERSION:
             raise GalleryError(f"gallery {shown(self.path)} has schema version {version}, newer than this "
                                f"faceanonymixer understands ({SCHEMA_VERSION}); upgrade faceanonymixer")
         if version == SCHEMA_VERSION:
+            if not _TABLES <= tables:
+                raise foreign
             return
-        if version == 0 and _V1_TABLES <= tables and "people" not in tables:
+        if version == 0 and tables == _V1_TABLES:
+            cols = {r[1] for r in self.db.execute("PRAGMA table_info(templates)")}
+            if not {"person", "key_fingerprint", "matcher", "embedding", "image_png", "created"} <= cols:
+                raise foreign
             self._migrate_v1()
             return
-        if version == 0 and tables - {"sqlite_sequence"}:
-            raise GalleryError(f"{shown(self.path)} is an SQLite file but not a faceanonymixer gallery (tables "
-                               f"{sorted(tables)}); give another --gallery path")
+        if version != 0 or tables:
+            raise foreign
         self.db.execute("BEGIN IMMEDIATE")   # executescript would commit on its own: statements one by one
         try:
             for stmt in _statements(SCHEMA):
@@ -268,9 +280,13 @@ class Gallery:
     def precheck_enrol(self, person: str, key_fingerprint: str, matcher: str, replacing: bool = False) -> None:
         """The checks ``enrol`` (or ``revoke`` with a new key, ``replacing``) will make, run before the expensive
         protection work so that a refused command fails in a second. They are repeated inside the transaction."""
+        check_person(person)
         if self.is_revoked(person, key_fingerprint):
             raise RevokedKeyError(f"key {key_fingerprint} was revoked for '{shown(person)}' and can never be enrolled "
                                   "for them again. Make a new key with `faceanonymixer keygen --out FILE`.")
+        if self.db.execute("SELECT 1 FROM revocations WHERE key_fingerprint=?", (key_fingerprint,)).fetchone():
+            raise RevokedKeyError(f"key {key_fingerprint} was revoked (for another person id) and can never be "
+                                  "enrolled again. Make a new key with `faceanonymixer keygen --out FILE`.")
         cur = self.active_key(person)
         if cur is None:
             return
@@ -377,6 +393,9 @@ class Gallery:
         revocation invariants, embeddings (size, finite, unit norm), PNGs (decodable) and template digests."""
         from PIL import Image
         problems = [f"sqlite: {r[0]}" for r in self.db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        present = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger')")}
+        problems += [f"schema: {n} is missing (the gallery's rules are not enforced; restore it from a backup)"
+                     for n in sorted((_TABLES | _TRIGGERS) - present)]
         problems += [f"template row {r[1]} names a person with no enrolment" for r in
                      self.db.execute("PRAGMA foreign_key_check(templates)")]
         for person, fp in self.db.execute("SELECT p.person, p.key_fingerprint FROM people p JOIN revocations r "
@@ -409,6 +428,15 @@ class Gallery:
         q = lambda s: self.db.execute(s).fetchone()[0]  # noqa: E731
         return dict(people=q("SELECT COUNT(*) FROM people"), templates=q("SELECT COUNT(*) FROM templates"),
                     revocations=q("SELECT COUNT(*) FROM revocations"), schema=SCHEMA_VERSION)
+
+
+def check_person(person: str) -> None:
+    """A person id: 1-200 printable characters, no leading or trailing space, Unicode NFC (so that one name has
+    one spelling in the gallery)."""
+    if not isinstance(person, str) or not person or len(person) > MAX_NAME or not person.isprintable() \
+            or person != person.strip() or unicodedata.normalize("NFC", person) != person:
+        raise GalleryError(f"person id '{shown(person)}' is not allowed: use 1-{MAX_NAME} printable characters "
+                           "without leading or trailing spaces")
 
 
 def _check_embeddings(embeddings, images) -> np.ndarray:

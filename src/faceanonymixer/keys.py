@@ -38,6 +38,7 @@ _FP_LABEL = b"faceanonymixer/fingerprint/v1"
 _SCRYPT = dict(n=2 ** 14, r=8, p=1)             # ~16 MiB, ~50 ms: interactive-strength passphrase stretching
 _PASS_SALT = b"faceanonymixer/passphrase/v1|"
 _MAX_KEY_FILE = 4096                            # bytes; a key file is ~90
+MIN_PASSPHRASE = 12                             # characters (see Key.from_passphrase)
 
 
 class Key:
@@ -61,8 +62,11 @@ class Key:
     def from_passphrase(cls, passphrase: str, salt: str = "") -> "Key":
         """Stretch a passphrase with scrypt (n=2^14, r=8, p=1). ``salt``: optional public per-user string
         (e.g. a user name) so that equal passphrases of different users give different keys."""
-        if not passphrase:
-            raise KeyFileError("empty passphrase: give a non-empty passphrase or use a key file (faceanonymixer keygen)")
+        if len(passphrase) < MIN_PASSPHRASE:
+            # The fingerprint in every sidecar lets anyone test guesses offline (one scrypt, ~50 ms, per guess):
+            # a short passphrase would fall to a word list.
+            raise KeyFileError(f"passphrase too short ({len(passphrase)} characters; at least {MIN_PASSPHRASE}, e.g. "
+                               "four random words), or use a key file (faceanonymixer keygen)")
         secret = hashlib.scrypt(passphrase.encode("utf-8"), salt=_PASS_SALT + salt.encode("utf-8"),
                                 dklen=KEY_BYTES, maxmem=64 * 1024 * 1024, **_SCRYPT)
         return cls(secret)
@@ -131,6 +135,9 @@ def write_key_file(path: str | os.PathLike, key: Key | None = None, overwrite: b
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise KeyFileError(f"{shown(path)} already exists; refusing to overwrite a key (delete it first or choose "
                            "another name)")
+    if (path.exists() or path.is_symlink()) and (path.is_symlink() or not path.is_file()):
+        raise KeyFileError(f"{shown(path)} exists and is not a regular file (a link, device or folder); a key is "
+                           "never written over it, even with --force. Choose another name.")
     if not path.parent.is_dir():
         raise KeyFileError(f"cannot write key file {shown(path)}: folder {shown(path.parent)} does not exist")
     try:

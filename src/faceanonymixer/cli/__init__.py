@@ -84,14 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _EscapingFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a file name with a newline cannot forge a line of output."""
+
+    def format(self, record):
+        return shown(super().format(record))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 2
     try:
+        parser = build_parser()          # imports every command module (torch): Ctrl-C may land here too
+        args = parser.parse_args(argv)
+        handler = logging.StreamHandler()
+        handler.setFormatter(_EscapingFormatter("%(levelname)s %(message)s"))
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 2
         return int(args._run(args) or 0)
     except FaceAnonyMixerError as e:
         print(f"error: {shown(e)}", file=sys.stderr)

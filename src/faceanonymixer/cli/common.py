@@ -38,8 +38,10 @@ def passphrase_key(var: str, salt: str, flag: str) -> Key:
         raise KeyFileError(f"{flag} takes the NAME of an environment variable (letters, digits, _), not a passphrase. "
                            f"Do: read -rs FAM_PASS && export FAM_PASS, then pass {flag} FAM_PASS. If you typed the "
                            "passphrase here, it is in your shell history: choose another one.")
-    if var not in os.environ:
-        raise KeyFileError(f"environment variable {var} is not set (it should hold the passphrase)")
+    if var not in os.environ:   # the name is not repeated either: a one-word passphrase looks like a name
+        raise KeyFileError(f"the environment variable named by {flag} is not set (it should hold the passphrase); "
+                           f"export it first. If you gave the passphrase itself to {flag}, it is in your shell "
+                           "history: choose another one.")
     return load_key(None, passphrase=os.environ[var], salt=salt)
 
 

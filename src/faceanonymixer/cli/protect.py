@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..batch import MANIFEST, check_out, plan_people, protect_dataset
+from ..batch import MANIFEST, check_out, check_private_manifest, plan_people, protect_dataset
 from ..errors import ImageError
 from ..fileio import shown
 from ..pipeline import Protector
@@ -33,10 +33,11 @@ def run(args) -> int:
     key = key_from_args(args)
     out = Path(args.out)
     units, bad = plan_people(args.inputs)
-    check_out(out, args.inputs)                 # before loading any model: overlap, file, writable
     if not units:
         report_bad(bad)
-        raise ImageError("no person to protect: every input failed (listed above)")
+        raise ImageError("no person to protect: every input failed (listed above); nothing was written")
+    check_private_manifest(args.private_manifest, out)
+    check_out(out, args.inputs)                 # before loading any model: overlap, file, writable
     # `protect` keeps the paper's setting (no key anchor: that is for the workflow's lone probes)
     prot = getattr(args, "protector", None) or Protector(cfg.protect)
     res = protect_dataset(prot, units, key, out, overwrite=args.overwrite, resume=args.resume,
