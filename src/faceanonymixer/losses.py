@@ -1,4 +1,4 @@
-"""The multi-objective loss (paper.md §2.5) and the attribute encoders behind L_attr.
+"""The multi-objective loss and the attribute encoders behind L_attr.
 
     L = w_anon * sum_i L_anon(i) + w_attr * sum_i L_attr(i) + w_idp * L_idp(person)   [+ w_sep * sum_i L_sep(i)]
 

@@ -1,6 +1,7 @@
 """Latent mixing: which W+ layers come from the real face, which from the key, which are optimised.
 
-The paper's generator has 18 W+ layers (1024 px). Its two published layer assignments (paper.md §2.4):
+The paper's generator has 18 W+ layers (1024 px). Its two published layer assignments (the paper's README
+and its released code; docs/method.md):
 
 =========  ===================  ==============================  ===============
 name       layers 0-2 (coarse)  layers 3-7 (identity band)      layers 8-17

@@ -1,4 +1,4 @@
-"""Multi-objective refinement of the mixed codes (paper.md §2.6), several people in one batched pass.
+"""Multi-objective refinement of the mixed codes, several people in one batched pass.
 
 Every person is a ``Group``: the aligned originals ``x_ref[n,3,R,R]``, their inverted codes ``w_real[n,L,D]``
 and the person's key code ``w_key[1,L,D]``. ``optimise`` stacks the members of all groups into one batch,

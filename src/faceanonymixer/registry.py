@@ -34,7 +34,7 @@ def _p(*a, **k):
 
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in [
-    # Our own embedded models (issue 3): trained here, shipped in the package.
+    # Our own embedded models: trained here (docs/models.md), shipped in the package.
     _p("fam-stylegan2-64", "fam_stylegan2_64.safetensors", "embedded",
        "MIT (weights); trained on LFW photos (research use only)",
        "faceanonymixer's own 64x64 StyleGAN2 (10 W+ layers)", package="faceanonymixer",
