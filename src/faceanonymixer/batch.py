@@ -34,11 +34,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .config import config_hash
 from .errors import FaceAnonyMixerError, ImageError
 from .fileio import atomic_write, shown
 from .images import list_images
 from .keys import Key
+from .pipeline import output_stems, person_files
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +364,6 @@ def protect_dataset(protector, units: list[Unit], key: Key, out, *, overwrite: b
     """Protect ``units`` under ``key`` into ``out`` (see the module docstring for the guarantees).
     ``private_manifest``: optional JSON file (outside ``out``) mapping each output to its person and source photo;
     it links protected images to real ones, so it is written with mode 0600 and never by default."""
-    from .pipeline import person_files
     out = Path(out)
     pm = check_private_manifest(private_manifest, out)
     check_out(out, [str(p) for u in units for p in u.images])   # no output among the photos; writable
@@ -420,7 +422,6 @@ def protect_dataset(protector, units: list[Unit], key: Key, out, *, overwrite: b
 def _bar(total: int, initial: int, progress: bool):
     if not progress:
         return None
-    from tqdm import tqdm
     return tqdm(total=total, initial=initial, desc="protect", unit="person", file=sys.stderr, dynamic_ncols=True)
 
 
@@ -464,7 +465,6 @@ def _open_private(pm: Path):
 
 
 def _private_entry(pm: Path, out: Path, r) -> None:
-    from .pipeline import output_stems
     with _open_private(pm) as f:
         for stem, src in zip(output_stems(r.sources), r.sources):
             f.write(json.dumps(dict(output=f"{r.name}/{stem}.png", person=r.name,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shutil
 import sqlite3
@@ -27,6 +28,7 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .errors import FaceAnonyMixerError
 from .fileio import shown
@@ -71,6 +73,7 @@ WHEN NOT EXISTS (SELECT 1 FROM people p WHERE p.person = NEW.person AND p.key_fi
 BEGIN SELECT RAISE(ABORT, 'template key or matcher differs from the person''s active one'); END;
 """
 
+log = logging.getLogger(__name__)
 _V1_TABLES = {"templates", "revocations"}
 _TABLES = {"people", "templates", "revocations"}
 _TRIGGERS = {"people_not_revoked_ins", "people_not_revoked_upd", "templates_one_key"}
@@ -90,7 +93,6 @@ class NotEnrolledError(GalleryError):
 
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
-    from PIL import Image
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG")
     return buf.getvalue()
@@ -184,8 +186,6 @@ class Gallery:
         backup = self.path.with_name(self.path.name + ".v1-backup")
         if not backup.exists():
             shutil.copy2(self.path, backup)
-        import logging
-        log = logging.getLogger(__name__)
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.execute("ALTER TABLE templates RENAME TO templates_v1")
@@ -391,7 +391,6 @@ class Gallery:
     def check(self) -> list[str]:
         """Every problem found (empty = healthy): SQLite's integrity and foreign-key checks, the one-key and
         revocation invariants, embeddings (size, finite, unit norm), PNGs (decodable) and template digests."""
-        from PIL import Image
         problems = [f"sqlite: {r[0]}" for r in self.db.execute("PRAGMA integrity_check") if r[0] != "ok"]
         present = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type IN ('table','trigger')")}
         problems += [f"schema: {n} is missing (the gallery's rules are not enforced; restore it from a backup)"

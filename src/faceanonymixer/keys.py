@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets as _secrets
 import stat
@@ -174,7 +175,6 @@ def read_key_file(path: str | os.PathLike) -> Key:
         raise KeyFileError(f"key file {where} is malformed: expected {2 * KEY_BYTES} hex characters after the header. {todo}")
     mode = path.stat().st_mode & 0o077
     if mode:
-        import logging
         logging.getLogger(__name__).warning("key file %s is readable by other users (mode %o); chmod 600 it",
                                             path, path.stat().st_mode & 0o777)
     return Key(bytes.fromhex(body))

@@ -15,22 +15,31 @@ for the batch. Same input + key + config (and batch composition) -> bit-identica
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from . import config as config_mod
+from . import registry
+from .align import FACE_SELECT, Aligner
+from .config import ConfigError
+from .fileio import atomic_write
+from .fr import available, get_recogniser
+from .models.encoders import load_inverter
+from .models.loading import load_generator
 from .errors import FaceAnonyMixerError, ImageError
 from .keys import DEFAULT_CONTEXT, Key, key_psi, key_wplus
-from .losses import LossConfig, get_attribute_encoder
+from .losses import LossConfig, attribute_loss, get_attribute_encoder
 from .mixing import MixingConfig, make_plan
 from .optimize import Group, OptimConfig, optimise, single_image_group
 from .tensors import from_uint8, to_uint8  # noqa: F401 - re-exported (pipeline.to_uint8 predates tensors.py)
@@ -72,7 +81,6 @@ def refine_latents(generator, ws: torch.Tensor, x: torch.Tensor, rc: RefineConfi
     """Latent-only inversion refinement: Adam on ws[N,L,D] (generator frozen) so that G(ws) matches x[N,3,R,R]
     under MSE + rc.w_perc * attribute-feature distance (``attr.features``; skipped when attr is None).
     Returns the refined ws, detached. Each image's loss is summed, so images do not interact."""
-    from .losses import attribute_loss
     assert ws.dim() == 3 and x.dim() == 4 and ws.shape[0] == x.shape[0], (tuple(ws.shape), tuple(x.shape))
     ws = ws.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([ws], lr=rc.lr)
@@ -146,21 +154,17 @@ class Protector:
                  attr_net=None,                  # attribute encoder; default from config.loss.attr_net
                  device: str | None = None):
         self.config = config or ProtectConfig()
-        from .align import FACE_SELECT
         if self.config.face not in FACE_SELECT:
-            from .config import ConfigError
             raise ConfigError(f"protect.face must be one of {FACE_SELECT}, got {self.config.face!r}")
         self.device = _device(device or self.config.models.device)
         self.model_info: dict[str, dict] = {}
         if generator is None:
-            from .models.loading import load_generator
             generator = load_generator(self.config.models.generator)
             self.model_info["generator"] = _file_info(self.config.models.generator)
         else:
             self.model_info["generator"] = dict(name=type(generator).__name__, sha256=module_digest(generator))
         self.generator = generator.to(self.device).eval().requires_grad_(False)
         if inverter is None:
-            from .models.encoders import load_inverter
             inverter = load_inverter(self.config.models.inverter, self.generator, device=self.device)
             self.model_info["inverter"] = _file_info(self.config.models.inverter)
         else:
@@ -168,7 +172,6 @@ class Protector:
         self.inverter = inverter.to(self.device).eval().requires_grad_(False) \
             if isinstance(inverter, torch.nn.Module) else inverter
         if id_net is None:
-            from .fr import available, get_recogniser
             name = self.config.models.id_net
             if name == "auto":
                 name = "arcface-ir-se50" if "arcface-ir-se50" in available() else "sface"
@@ -207,7 +210,6 @@ class Protector:
             x = item.detach().float().clamp(-1, 1)
             return from_uint8(to_uint8(x))[None].to(self.device), source or "tensor"
         if self._aligner is None:
-            from .align import Aligner
             self._aligner = Aligner("ffhq", size=R, select=self.config.face)
         src = source or (str(item) if isinstance(item, (str, os.PathLike)) else "array")
         crop, _ = self._aligner.align_one(item, src)
@@ -255,7 +257,6 @@ class Protector:
         names = list(names) if names is not None else [f"person{i}" for i in range(len(people))]
         cfg = self.config.optim
         if steps is not None:
-            from dataclasses import replace
             cfg = replace(cfg, steps=int(steps))
         results: list[PersonResult] = []
         failures: list[tuple[str, str]] = []
@@ -326,9 +327,6 @@ class Protector:
 
 def png_bytes(rgb: np.ndarray) -> bytes:
     """HxWx3 uint8 -> PNG bytes (deterministic for the same array)."""
-    import io
-
-    from PIL import Image
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG")
     return buf.getvalue()
@@ -360,7 +358,6 @@ def person_files(result: PersonResult, protector: Protector) -> dict[str, bytes]
 def save_person(result: PersonResult, out_dir, protector: Protector) -> list[Path]:
     """Write each protected image as ``<out_dir>/<stem>.png`` plus ``<stem>.json`` (each file atomic; for a
     whole batch with resume and an atomic commit per person use ``batch.protect_dataset``). Returns PNG paths."""
-    from .fileio import atomic_write
     out_dir = Path(out_dir)
     paths = []
     for name, data in person_files(result, protector).items():
@@ -371,13 +368,11 @@ def save_person(result: PersonResult, out_dir, protector: Protector) -> list[Pat
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    from .fileio import atomic_write
     atomic_write(path, lambda f: json.dump(obj, f, indent=1, sort_keys=True), binary=False)
 
 
 def _device(spec: str) -> torch.device:
     """torch.device from the config, with a clear error for a device this machine does not have."""
-    from .config import ConfigError
     try:
         dev = torch.device(spec)
     except (RuntimeError, TypeError):
@@ -391,7 +386,6 @@ def _device(spec: str) -> torch.device:
 
 
 def _file_info(name_or_path: str) -> dict:
-    from . import registry
     try:
         if name_or_path in registry.MODELS:
             p = registry.locate(name_or_path, verify=False)
