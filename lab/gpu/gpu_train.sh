@@ -11,6 +11,8 @@
 # Back here: copy the returned weights into src/faceanonymixer/weights/ and training/, unpack misc.tgz.
 set -u
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 FACEANONYMIXER_HOME=$PWD/.gpu/home
+# The trainers need a data folder only to build the aligned cache; the unpacked cache in $W/data is found first.
+export FACEANONYMIXER_LFW=${FACEANONYMIXER_LFW:-$PWD/.gpu/lfw}
 GEN_MIN=${GEN_MIN:-5}
 ENC_MIN=${ENC_MIN:-2.5}
 ENC_INIT=${ENC_INIT:-}          # empty: encoder from scratch; else weights to fine-tune from

@@ -12,6 +12,7 @@ flipped in this mode: the cache holds the unflipped codes)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -22,9 +23,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import CheckpointFormatError
+from ..fileio import atomic_write
+from ..fr import get_recogniser
 from ..models.e4e import E4EInverter
-from ..models.encoders import build_encoder
+from ..models.encoders import build_encoder, build_id_head, pop_id_head_state
+from ..models.io import load_state, save_model
+from ..models.loading import load_generator
+from ..registry import locate
+from ..tensors import from_uint8
+from .data import load_aligned, prepare_aligned, resolve_data
 from .gan import _stop_on_sigterm, resolve_device
+from .grid import save_grid
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +42,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class EncoderTrainConfig:
     generator: str = "fam-stylegan2-64"              # registry name or weights file of the (frozen) generator
-    data: str = "../shared/data/lfw/images"          # identity folders; only 'train' people are used
+    data: str | None = None                          # identity folders <data>/<person>/<images> ('train' people are
+                                                     # used); None = $FACEANONYMIXER_LFW/images (train.data.resolve_data)
     cache: str = "runs/data"                         # aligned-image cache (shared with the generator trainer)
     out: str = "runs/encoder"                        # checkpoints, samples, log
     encoder: dict = field(default_factory=lambda: dict(   # Encoder4Editing kwargs (n_styles is taken from G)
@@ -50,10 +61,10 @@ class EncoderTrainConfig:
     max_minutes: float | None = None                 # ... or this many minutes of this run
     checkpoint_minutes: float = 5.0                  # checkpoint at least this often
     sample_steps: int = 500                          # reconstruction grid every this many steps
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0                                    # seeds every random choice of the run
+    device: str = "auto"                             # 'auto' | 'cpu' | 'cuda'
     amp: bool = True                                 # bf16 autocast on CUDA (fp32 on CPU, where bf16 is slower)
-    threads: int | None = None
+    threads: int | None = None                       # torch CPU threads (None = torch default)
     max_images: int | None = None                    # cap on real images (tests)
     init_from: str | None = None                     # no checkpoint.pt yet: start from these encoder weights
                                                      # (our safetensors, e.g. the shipped fam-e4e-64); Adam restarts
@@ -62,8 +73,13 @@ class EncoderTrainConfig:
 
 
 class EncoderTrainer:
-    def __init__(self, cfg: EncoderTrainConfig, images: np.ndarray | None = None, generator=None, id_net=None):
-        from ..models.loading import load_generator
+    """Holds the frozen generator, the encoder (+ identity head), the optimiser and the RNG; ``run()`` trains."""
+
+    def __init__(self,
+                 cfg: EncoderTrainConfig,                 # the run's settings
+                 images: np.ndarray | None = None,        # uint8 [N,R,R,3] aligned photos; None = cfg.data's cache
+                 generator=None,                          # frozen Generator; None = load cfg.generator
+                 id_net=None):                            # identity-loss Recogniser; None = SFace
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -76,7 +92,6 @@ class EncoderTrainer:
         enc_cfg = dict(cfg.encoder, n_styles=G.num_ws, style_dim=G.w_dim)
         self.enc_config = enc_cfg
         self.E = build_encoder(enc_cfg).to(self.device)
-        from ..fr import get_recogniser
         if id_net is None:
             id_net = get_recogniser("sface", device=str(self.device))
         self.id_net = id_net
@@ -86,7 +101,6 @@ class EncoderTrainer:
             raise ValueError("train: id_head needs an id_head config (e.g. {layers: [1, 2, 3, 4, 5, 6]})")
         self.head, self.head_net = None, None
         if cfg.id_head:
-            from ..models.encoders import build_id_head
             self.head = build_id_head(dict(cfg.id_head, w_dim=G.w_dim)).to(self.device)
             assert max(self.head.layers) < G.num_ws, (self.head.layers, G.num_ws)
             self.head_net = id_net if self.head.id_net == "sface" else get_recogniser(self.head.id_net,
@@ -106,19 +120,20 @@ class EncoderTrainer:
         self.cache = self._frozen_cache() if cfg.train == "id_head" else None
         # fixed images for the reconstruction grid
         g = torch.Generator().manual_seed(7)
-        self.fixed_real = self._to_float(self.real[torch.randint(0, self.real.shape[0], (8,), generator=g)])
+        self.fixed_real = self._to_float(self.real[torch.randint(0, self.real.shape[0], (8,), generator=g).numpy()])
 
-    def _load_data(self, images):
+    def _load_data(self, images) -> np.ndarray:
+        """uint8 [N,R,R,3], kept compact; batches are converted when drawn."""
         if images is None:
-            from .data import load_aligned, prepare_aligned
-            path = prepare_aligned(self.cfg.data, self.cfg.cache, self.G.resolution, "train", self.cfg.max_images)
+            path = prepare_aligned(resolve_data(self.cfg.data), self.cfg.cache, self.G.resolution, "train",
+                                   self.cfg.max_images)
             images, _ = load_aligned(path)
         R = self.G.resolution
         assert images.ndim == 4 and images.shape[1:] == (R, R, 3), images.shape
-        return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        return np.ascontiguousarray(images)
 
-    def _to_float(self, x_u8):
-        return x_u8.float().div(127.5).sub(1.0).to(self.device)
+    def _to_float(self, x_u8: np.ndarray) -> torch.Tensor:  # uint8 [N,R,R,3] -> [N,3,R,R] in [-1,1] on the device
+        return from_uint8(x_u8).to(self.device)
 
     @torch.no_grad()
     def _synthetic(self, n):
@@ -136,7 +151,7 @@ class EncoderTrainer:
 
     def _real_batch(self, n):
         idx = torch.randint(0, self.real.shape[0], (n,), generator=self.rng)
-        x = self._to_float(self.real[idx])
+        x = self._to_float(self.real[idx.numpy()])
         if self.cache is not None:  # frozen body: cached codes of the unflipped photos
             return x, self.cache["codes"][idx].to(self.device).float(), self.cache["emb"][idx].to(self.device)
         flip = (torch.rand(n, generator=self.rng) < 0.5).to(self.device)
@@ -147,7 +162,6 @@ class EncoderTrainer:
                       if x.shape[-1] != self.E.input_size else x)
 
     def _fingerprint(self) -> str:
-        import hashlib
         h = hashlib.sha256()
         for k, v in sorted(self.E.state_dict().items()):
             h.update(k.encode())
@@ -172,7 +186,6 @@ class EncoderTrainer:
             codes.append(self._body(x).float().half().cpu())
             emb.append(self.head_net.embed_ffhq(x).float().cpu())
         c = dict(codes=torch.cat(codes), emb=torch.cat(emb), fingerprint=fp)
-        from ..fileio import atomic_write
         atomic_write(path, lambda f: torch.save(c, f))
         log.info("cached the frozen body's codes of %d photos in %.0f s", self.real.shape[0], time.time() - t0)
         return c
@@ -245,7 +258,6 @@ class EncoderTrainer:
                     config=json.loads(json.dumps(dataclasses.asdict(self.cfg), default=list)))
 
     def save_checkpoint(self) -> Path:
-        from ..fileio import atomic_write
         state = self.state()
         return atomic_write(self.out / "checkpoint.pt", lambda f: torch.save(state, f))
 
@@ -269,12 +281,9 @@ class EncoderTrainer:
 
     def _init_from(self, path: str):
         """Fine-tune from exported encoder weights (e.g. after the generator was trained further)."""
-        from ..models.io import load_state
-        from ..registry import locate
         p = Path(path) if Path(path).is_file() else locate(path)
         state, config = load_state(p)
         state.pop("latent_avg", None)   # the frozen generator's own latent_avg is used
-        from ..models.encoders import pop_id_head_state
         head_state = pop_id_head_state(state)
         if head_state and self.head is None:
             log.warning("%s has an identity head but this config has none (id_head): training and exporting the "
@@ -282,12 +291,10 @@ class EncoderTrainer:
         want = self.enc_config
         have = dict(config.get("encoder", {}))
         if have and have != want:
-            from ..errors import CheckpointFormatError
             raise CheckpointFormatError(f"{p}: encoder config {have} does not match the training config {want}")
         self.E.load_state_dict(state)
         if head_state and self.head is not None:
             if config.get("id_head", {}).get("layers") != self.head.layers:
-                from ..errors import CheckpointFormatError
                 raise CheckpointFormatError(f"{p}: identity head {config.get('id_head')} does not match "
                                             f"the training config {self.head.config()}")
             self.head.load_state_dict(head_state)
@@ -295,7 +302,6 @@ class EncoderTrainer:
 
     @torch.no_grad()
     def sample_grid(self, path):
-        from .grid import save_grid
         self.E.eval()
         if self.head is not None:
             self.head.eval()
@@ -330,7 +336,6 @@ class EncoderTrainer:
 
 def export_encoder(checkpoint: str | Path, out_path: str | Path, fp16: bool = True) -> Path:
     """Write a training checkpoint's encoder + latent_avg as our safetensors + JSON."""
-    from ..models.io import save_model
     st = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = dict(st["E"])
     state["latent_avg"] = st["latent_avg"]

@@ -3,6 +3,7 @@
 Non-saturating logistic loss, lazy R1 on reals, style-mixing regularisation, EMA of G, x-flip plus
 DiffAugment (few thousand images), channels_last, bf16 autocast + TF32 on CUDA (fp32 on CPU, where our
 bf16 path measured 1.5x slower: benchmarks/bench_models.py).
+The recogniser terms on G (identity diversity, identity band) live in ``identity_loss.py``.
 Checkpoints are written atomically and often, and a resumed run continues *exactly* (all RNG states and
 the optimiser states are saved), so training can go on across sessions and machines."""
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +22,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..fileio import atomic_write
+from ..models.io import load_meta, load_state, save_model
+from ..models.loading import load_generator
 from ..models.stylegan2 import Discriminator, Generator
+from ..tensors import from_uint8
 from .augment import diff_augment
+from .data import load_aligned, prepare_aligned, resolve_data
+from .grid import save_grid
+from .identity_loss import IdentityLoss
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class GeneratorTrainConfig:
-    data: str = "../shared/data/lfw/images"        # identity folders <root>/<person>/<images>; only 'train' people are used
+    data: str | None = None                         # identity folders <data>/<person>/<images> ('train' people are
+                                                    # used); None = $FACEANONYMIXER_LFW/images (train.data.resolve_data)
     cache: str = "runs/data"                        # aligned-image cache folder
     out: str = "runs/generator"                     # checkpoints, samples, log
     resolution: int = 64                            # output side (power of two)
@@ -63,14 +73,12 @@ class GeneratorTrainConfig:
                                                     # (measured per model: docs/method.md); None = 0.7
     id_diversity: float = 0.0                       # weight of the identity-diversity term (0 = off): penalises the
                                                     # recogniser cosine between samples of unrelated z above a margin
-    id_diversity_every: int = 4                     # lazy: every this many steps (the weight is scaled up to match)
-    id_diversity_images: int = 8                    # samples per evaluation of the term (all pairs are used)
+    id_diversity_every: int = 4                     # lazy: both recogniser terms every this many steps (weights scaled up)
+    id_diversity_images: int = 8                    # samples per evaluation of the terms (all pairs in the diversity term)
     id_diversity_margin: float = 0.2                # pairs below this cosine cost nothing (real different people: ~0.1)
-    id_net: str = "sface"                           # recogniser of the identity-diversity and identity-band terms
     id_band: float = 0.0                            # weight of the identity-band term (0 = off): penalises the recogniser
                                                     # cosine between a sample and the same sample with its mixing band
-                                                    # taken from an unrelated z, so identity lives in the band
-    id_band_layers: list | None = None              # band of that term; None = identity_layers, else the scaling rule
+                                                    # (identity_layers) taken from an unrelated z, so identity lives there
     id_band_margin: float = 0.1                     # band-swapped pairs below this cosine cost nothing
     id_noise: str = "random"                        # noise of the recogniser terms' samples: 'const' makes w alone carry
                                                     # identity (random noise alone moved SFace cos to 0.53, docs/models.md)
@@ -78,16 +86,6 @@ class GeneratorTrainConfig:
                                                     # the band at psi 0.7, where samples are more alike)
     id_band_pose: float = 0.0                       # weight keeping the band swap's coarse layout: MSE of the 8x8
                                                     # standardised grey images of sample and swap (pose proxy)
-    id_band_landmarks: float = 0.0                  # weight keeping the swap's inner 51 landmarks (faceplugin net, not
-                                                    # the YuNet the model report measures with): mean displacement /
-                                                    # inter-ocular distance, the sample's landmarks as the fixed target
-    id_band_framing: float = 0.0                    # weight keeping the swap's framing only: the similarity transform
-                                                    # (shift, roll, scale) between the 5 points of sample and swap
-                                                    # (same net), so that face shape, part of identity, stays free
-    id_band_geometry_res: int | None = None         # the landmark and framing terms update only G's synthesis convs
-                                                    # up to this resolution (None: all of G), so that they can move
-                                                    # the face but not paint fine marks that steer the net (runs 8-9)
-    dcgan_fraction: float = 0.0                     # share of each real batch replaced by aligned DCGAN samples (0 = real only)
     max_images: int | None = None                   # cap on real images (tests)
     init_from: str | None = None                    # no checkpoint.pt yet: start from this resume file (G + D, see
                                                     # export_resume) and G_ema from `init_ema`; Adam moments restart
@@ -112,7 +110,9 @@ def build_models(cfg: GeneratorTrainConfig):
 class GeneratorTrainer:
     """Holds models, optimisers and every RNG; ``run()`` trains until a limit and checkpoints."""
 
-    def __init__(self, cfg: GeneratorTrainConfig, images: np.ndarray | None = None):
+    def __init__(self,
+                 cfg: GeneratorTrainConfig,               # the run's settings
+                 images: np.ndarray | None = None):       # uint8 [N,R,R,3] aligned photos; None = cfg.data's cache
         self.cfg = cfg
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -136,28 +136,29 @@ class GeneratorTrainer:
         self.step = 0
         self.images_seen = 0
         self.history: list[dict] = []
-        self.id_net = None                                   # loaded on first use (id_diversity > 0)
-        self.lm_net = None                                   # landmark net, loaded on first use (id_band_landmarks or _framing > 0)
-        self._div_stats: dict = {}
+        self.identity = None if cfg.id_diversity <= 0 and cfg.id_band <= 0 else IdentityLoss(
+            self.G, self.device, images=cfg.id_diversity_images, diversity=cfg.id_diversity,
+            diversity_margin=cfg.id_diversity_margin, band=cfg.id_band, band_layers=cfg.identity_layers,
+            band_margin=cfg.id_band_margin, band_psi=cfg.id_band_psi, band_pose=cfg.id_band_pose, noise=cfg.id_noise)
+        self._id_stats: dict = {}
         self.real = self._load_data(images)
         self.sample_z = torch.randn(64, cfg.z_dim, generator=torch.Generator().manual_seed(12345))
-        self._avg_z = torch.randn(512, cfg.z_dim, generator=torch.Generator().manual_seed(1))  # w_avg estimate (id_band_psi)
         self._resume()
 
     # --- data ---------------------------------------------------------------------------------------
-    def _load_data(self, images: np.ndarray | None) -> torch.Tensor:
+    def _load_data(self, images: np.ndarray | None) -> np.ndarray:
+        """uint8 [N,R,R,3], kept compact; batches are converted when drawn."""
         if images is None:
-            from .data import load_aligned, prepare_aligned
-            path = prepare_aligned(self.cfg.data, self.cfg.cache, self.cfg.resolution, "train", self.cfg.max_images)
+            path = prepare_aligned(resolve_data(self.cfg.data), self.cfg.cache, self.cfg.resolution, "train",
+                                   self.cfg.max_images)
             images, _ = load_aligned(path)
         assert images.ndim == 4 and images.shape[1:] == (self.cfg.resolution, self.cfg.resolution, 3), images.shape
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # uint8 [N,3,R,R], kept compact
-        log.info("training images: %d", x.shape[0])
-        return x
+        log.info("training images: %d", images.shape[0])
+        return np.ascontiguousarray(images)
 
     def _real_batch(self) -> torch.Tensor:
         idx = torch.randint(0, self.real.shape[0], (self.cfg.batch,), generator=self.rng)
-        x = self.real[idx].float().div_(127.5).sub_(1.0)
+        x = from_uint8(self.real[idx.numpy()])
         if self.cfg.xflip:
             flip = torch.rand(self.cfg.batch, generator=self.rng) < 0.5
             x[flip] = x[flip].flip(3)
@@ -219,107 +220,20 @@ class GeneratorTrainer:
         loss_G.float().backward()
         self.opt_G.step()
         stats["loss_G"] = float(loss_G.detach())
-        if cfg.id_diversity > 0 or cfg.id_band > 0:
+        if self.identity is not None:
             if self.step % cfg.id_diversity_every == 0:
-                self._div_stats = self._identity_step()
-            stats.update(self._div_stats)                    # last values, so that the sparse log shows them
+                self._id_stats = self._identity_step()
+            stats.update(self._id_stats)                     # last values, so that the sparse log shows them
         self._update_ema()
         self.step += 1
         self.images_seen += cfg.batch
         return stats
 
-    def _band_layers(self) -> list[int]:
-        cfg = self.cfg
-        band = cfg.id_band_layers if cfg.id_band_layers is not None else cfg.identity_layers
-        if band is None:
-            from ..mixing import layer_bands
-            band = layer_bands(self.G.num_ws, cfg.resolution)[1]
-        band = sorted(int(i) for i in band)
-        assert band and 0 <= band[0] and band[-1] < self.G.num_ws, band
-        return band
-
-    def _geometry_params(self) -> list:
-        """G's constant input and synthesis convs up to ``id_band_geometry_res`` (no mapping, no toRGB)."""
-        G, res = self.G, self.cfg.id_band_geometry_res
-        n_convs = 2 * max(0, int(math.log2(res)) - 2)                        # convs come in pairs from 8 px up
-        mods = [G.input, G.conv1] + list(G.convs[:n_convs])
-        return [p for m in mods for p in m.parameters() if p.requires_grad]
-
     def _identity_step(self) -> dict:
-        """Recogniser terms on G, every ``id_diversity_every`` steps (weights scaled up to match).
-        Diversity: few-identity collapse limits the method (docs/models.md), so the embeddings of samples with
-        unrelated z are pushed apart, hinged at a margin so that real-like spreads cost nothing.
-        Band: the method swaps only the mixing band for the key's, so identity must live there: the cosine of
-        a sample and its band-swapped copy is pushed below a margin; the optional pose term keeps the swap's
-        coarse layout (8x8 standardised grey image) so that pose stays with the layers outside the band."""
-        cfg, G = self.cfg, self.G
-        if self.id_net is None:
-            from ..fr import get_recogniser
-            self.id_net = get_recogniser(cfg.id_net, device=str(self.device)).requires_grad_(False)
-        n = cfg.id_diversity_images
-        z = torch.randn(n, cfg.z_dim, generator=self.rng).to(self.device)
-        w = G.mapping(z)
-
-        def embed(ws):                                                       # ws [n,L,D] -> x [n,3,R,R], e [n,E]
-            x = G.synthesis(ws, noise_mode=cfg.id_noise).float()
-            e = self.id_net.embed_ffhq(x.contiguous())                       # unit norm
-            assert e.shape[0] == n, e.shape
-            return x, e
-        stats, loss, geo = {}, w.new_zeros(()), w.new_zeros(())         # geo: the landmark and framing terms
-        ws = w.unsqueeze(1).repeat(1, G.num_ws, 1)
-        if cfg.id_diversity > 0:
-            x, e = embed(ws)
-            cos = e @ e.t()
-            off = cos[~torch.eye(n, dtype=torch.bool, device=cos.device)]
-            div = F.relu(off - cfg.id_diversity_margin).mean()
-            loss = loss + div * cfg.id_diversity
-            stats.update(id_cos=float(off.detach().mean()), loss_div=float(div.detach()))
-        if cfg.id_band > 0:
-            band = self._band_layers()
-            w_t = w
-            if cfg.id_band_psi != 1.0:
-                with torch.no_grad():                                        # fixed z: no draw from self.rng
-                    w_avg = G.mapping(self._avg_z.to(self.device)).mean(0)
-                w_t = w_avg + cfg.id_band_psi * (w - w_avg)
-                ws = w_t.unsqueeze(1).repeat(1, G.num_ws, 1)
-            if cfg.id_band_psi != 1.0 or cfg.id_diversity <= 0:
-                x, e = embed(ws)
-            ws_b = ws.clone()
-            ws_b[:, band] = w_t.roll(1, dims=0).unsqueeze(1).expand(-1, len(band), -1)  # band of an unrelated z
-            x_b, e_b = embed(ws_b)
-            cos_b = (e * e_b).sum(-1)                                        # [n]
-            bl = F.relu(cos_b - cfg.id_band_margin).mean()
-            loss = loss + bl * cfg.id_band
-            stats.update(band_cos=float(cos_b.detach().mean()), loss_band=float(bl.detach()))
-            if cfg.id_band_pose > 0:
-                pose = F.mse_loss(_layout(x_b), _layout(x))
-                loss = loss + pose * cfg.id_band_pose
-                stats.update(band_pose=float(pose.detach()))
-            if cfg.id_band_landmarks > 0 or cfg.id_band_framing > 0:
-                if self.lm_net is None:
-                    from ..models.landmarks68 import Landmarks68
-                    self.lm_net = Landmarks68().to(self.device).requires_grad_(False)
-                with torch.no_grad():
-                    lm_x = self.lm_net(x)                                    # the sample's landmarks: fixed target
-                lm_b = self.lm_net(x_b)
-                if cfg.id_band_landmarks > 0:
-                    shift = self.lm_net.shift(lm_x, lm_b).mean()
-                    geo = geo + shift * cfg.id_band_landmarks
-                    stats.update(band_lm_shift=float(shift.detach()))
-                if cfg.id_band_framing > 0:
-                    fr = self.lm_net.framing_shift(lm_x, lm_b).mean()
-                    geo = geo + fr * cfg.id_band_framing
-                    stats.update(band_framing=float(fr.detach()))
+        """Lazy regularisation step of G with the recogniser terms (identity_loss.py), weight x the interval."""
+        loss, stats = self.identity(self.rng)
         self.opt_G.zero_grad(set_to_none=True)
-        if cfg.id_band_geometry_res is not None and geo.requires_grad:
-            params = self._geometry_params()
-            grads = torch.autograd.grad(geo * cfg.id_diversity_every, params, retain_graph=True, allow_unused=True)
-            (loss * cfg.id_diversity_every).backward()
-            for p, g in zip(params, grads):
-                if g is not None:
-                    p.grad = g if p.grad is None else p.grad + g
-        else:
-            ((loss + geo) * cfg.id_diversity_every).backward()
+        (loss * self.cfg.id_diversity_every).backward()
         self.opt_G.step()
         return stats
 
@@ -345,7 +259,6 @@ class GeneratorTrainer:
                     history=self.history)
 
     def save_checkpoint(self) -> Path:
-        from ..fileio import atomic_write
         state = self.state()
         return atomic_write(self.out / "checkpoint.pt", lambda f: torch.save(state, f))
 
@@ -371,8 +284,6 @@ class GeneratorTrainer:
 
     def _init_from(self, path: str):
         """Continue a run from a committed resume file (fp16 G + D) and the shipped G_ema."""
-        from ..models.io import load_meta, load_state
-        from ..models.loading import load_generator
         state, _ = load_state(path)
         meta = load_meta(path)
         self.G.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("G.")})
@@ -388,7 +299,6 @@ class GeneratorTrainer:
     # --- samples ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample_grid(self, path: Path, psi: float = 0.7):
-        from .grid import save_grid
         G = self.G_ema
         w_avg = G.mapping(torch.randn(2000, self.cfg.z_dim, generator=torch.Generator().manual_seed(1)).to(self.device)).mean(0)
         w = G.mapping(self.sample_z.to(self.device))
@@ -444,7 +354,6 @@ def export_generator(checkpoint: str | Path, out_path: str | Path, fp16: bool = 
     """Write G_ema of a training checkpoint as our safetensors + JSON (with latent_avg set). The mixing band
     ``identity_layers`` and key truncation ``key_psi`` (else the checkpoint config's) go into the meta, where the
     pipeline reads them."""
-    from ..models.io import save_model
     st = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = GeneratorTrainConfig(**{k: v for k, v in st["config"].items() if k in
                                   {f.name for f in dataclasses.fields(GeneratorTrainConfig)}})
@@ -469,7 +378,6 @@ def export_resume(checkpoint: str | Path, out_path: str | Path, with_ema: bool =
     run) can continue training with ``init_from``; the full checkpoint.pt (with Adam moments) is ~120 MB.
     ``with_ema`` adds the run's own G_ema (+11 MB): needed when the shipped generator is not this run's G_ema
     (an EMA restarted from another trajectory blends two generators' weights)."""
-    from ..models.io import save_model
     st = torch.load(checkpoint, map_location="cpu", weights_only=True)
     state = {f"G.{k}": v for k, v in st["G"].items()} | {f"D.{k}": v for k, v in st["D"].items()}
     if with_ema:
@@ -479,16 +387,8 @@ def export_resume(checkpoint: str | Path, out_path: str | Path, with_ema: bool =
     return Path(out_path)
 
 
-def _layout(x: torch.Tensor) -> torch.Tensor:
-    """Coarse layout of images x[N,3,R,R]: grey, 8x8 area average, standardised per image -> [N,64]; colour and
-    brightness drop out, face position and head pose stay."""
-    g = F.adaptive_avg_pool2d(x.mean(1, keepdim=True), 8).flatten(1)
-    return (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)
-
-
 def _stop_on_sigterm() -> list:
     """SIGTERM/SIGINT end the run cleanly (checkpoint written) instead of losing the work since the last one."""
-    import signal
     flag: list = []
 
     def handler(signum, frame):
