@@ -15,9 +15,9 @@ from ..fileio import shown
 COMMANDS = [
     ("weights", "faceanonymixer.cli.weights"),
     ("fr-eval", "faceanonymixer.eval.fr_eval"),
-    ("generate", "faceanonymixer.train.commands_generate"),
-    ("invert", "faceanonymixer.train.commands_invert"),
-    ("train", "faceanonymixer.train.commands_train"),
+    ("generate", "faceanonymixer.cli.generate"),
+    ("invert", "faceanonymixer.cli.invert"),
+    ("train", "faceanonymixer.cli.train"),
     ("keygen", "faceanonymixer.cli.keygen"),
     ("protect", "faceanonymixer.cli.protect"),
     ("enrol", "faceanonymixer.cli.enrol"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 import logging
 
 from .. import config as config_mod
+from ..train.encoder import EncoderTrainConfig, EncoderTrainer, export_encoder
+from ..train.gan import GeneratorTrainConfig, GeneratorTrainer, export_generator
 
 HELP = "train our embedded StyleGAN2 generator or its encoder (resumable; CPU or CUDA)"
 log = logging.getLogger(__name__)
@@ -22,7 +24,6 @@ def run(args) -> int:
     if args.minutes is not None:
         overrides.append(f"max_minutes={args.minutes}")
     if args.what == "generator":
-        from .gan import GeneratorTrainConfig, GeneratorTrainer, export_generator
         cfg = config_mod.load(GeneratorTrainConfig, args.config, overrides)
         trainer = GeneratorTrainer(cfg)
         trainer.run()
@@ -30,7 +31,6 @@ def run(args) -> int:
             export_generator(trainer.out / "checkpoint.pt", args.export)
             print(f"exported generator to {args.export}")
     else:
-        from .encoder import EncoderTrainConfig, EncoderTrainer, export_encoder
         cfg = config_mod.load(EncoderTrainConfig, args.config, overrides)
         trainer = EncoderTrainer(cfg)
         trainer.run()

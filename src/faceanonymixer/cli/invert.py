@@ -10,6 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..align import align_ffhq, largest_face
+from ..errors import FaceAnonyMixerError
+from ..images import list_images, read_image, write_png_atomic
+from ..models.encoders import load_inverter
+from ..models.loading import load_generator
+from ..tensors import from_uint8, to_uint8
+
 HELP = "invert photos with the encoder: aligned input | reconstruction side by side, and the reconstruction"
 log = logging.getLogger(__name__)
 
@@ -22,12 +29,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..align import align_ffhq, largest_face
-    from ..errors import FaceAnonyMixerError
-    from ..images import list_images, read_image, write_png_atomic
-    from ..models.encoders import load_inverter
-    from ..models.loading import load_generator
-    from .grid import to_uint8
 
     G = load_generator(args.generator).eval()
     inv = load_inverter(args.encoder, generator=G)
@@ -42,7 +43,7 @@ def run(args) -> int:
         except FaceAnonyMixerError as e:
             failures.append((str(path), str(e)))
             continue
-        x = torch.from_numpy(aligned).permute(2, 0, 1)[None].float().div(127.5).sub(1)
+        x = from_uint8(aligned)[None]
         with torch.no_grad():
             y = G.synthesis(inv.encode(x), noise_mode="const")
         rec = to_uint8(y)[0]

@@ -6,22 +6,13 @@ from pathlib import Path
 
 import torch
 
+from ..images import write_png_atomic
+from ..models.loading import load_generator
+from ..tensors import to_uint8
+from ..train.grid import save_grid
+from ..train.sampling import generate, parse_seeds
+
 HELP = "sample faces from the generator: one PNG per seed plus grid.png"
-
-
-def parse_seeds(spec: str) -> list[int]:
-    """'0-15' or '1,5,9' or '0-3,10' -> list of ints."""
-    out = []
-    for part in spec.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.extend(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
-    if not out:
-        raise ValueError(f"no seeds in '{spec}'")
-    return out
 
 
 def add_arguments(p):
@@ -32,19 +23,7 @@ def add_arguments(p):
     p.add_argument("--noise", default="const", choices=["const", "random", "none"], help="noise mode")
 
 
-@torch.no_grad()
-def generate(G, seeds: list[int], psi: float = 0.7, noise_mode: str = "const") -> torch.Tensor:
-    """[len(seeds),3,R,R] in [-1,1]; seed s draws z with torch.Generator().manual_seed(s) on the CPU."""
-    z = torch.stack([torch.randn(G.z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
-    dev = next(G.parameters()).device
-    w = G.truncate(G.mapping(z.to(dev)), psi)
-    return G.synthesis(w.unsqueeze(1).repeat(1, G.num_ws, 1), noise_mode=noise_mode).float().clamp(-1, 1)
-
-
 def run(args) -> int:
-    from ..images import write_png_atomic
-    from ..models.loading import load_generator
-    from .grid import save_grid, to_uint8
     seeds = parse_seeds(args.seeds)
     G = load_generator(args.generator).eval()
     out = Path(args.out)
