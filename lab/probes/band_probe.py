@@ -1,9 +1,9 @@
 """Style-mixing probe of a generator (weights file, registry name or training checkpoint.pt): for W+ band swaps,
 the SFace cosine to the original and the landmark shift by YuNet (as `faceanonymixer model-report`: same seeds,
 same functions, so its rows match the report's mixing rows), the part of that shift that moves the face as a whole
-(the least-squares similarity transform of the 5 points: the generator trainer's `id_band_framing` term measures
-the same on the faceplugin net's points), and the faceplugin 68-point net's shift (inner 51 points, the trainer's
-`id_band_landmarks` term). Faster than the full report: no encoder, no real photos.
+(the least-squares similarity transform of the 5 points: runs 9-11's `id_band_framing` term measured the same on
+the faceplugin net's points), and the faceplugin 68-point net's shift (inner 51 points, runs 8's
+`id_band_landmarks` term; those trainer options live at commit 1f56aad). Faster than the full report: no encoder, no real photos.
 
     python lab/probes/band_probe.py runs/gen_lm3/checkpoint.pt --n 128 --threads 2
 """
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from faceanonymixer.eval.models_report import (detect_batch, embed_ffhq, mix, parse_ranges, pose_change, seed_ws,
-                                               synth)
+from faceanonymixer.eval.embeddings import embed_ffhq
+from faceanonymixer.eval.quality.generation import mix, parse_ranges, seed_ws, synth
+from faceanonymixer.eval.quality.landmarks import detect_batch, pose_change
 from faceanonymixer.fr import get_recogniser
 from faceanonymixer.models.landmarks68 import Landmarks68, framing_shift
 from faceanonymixer.models.loading import load_generator

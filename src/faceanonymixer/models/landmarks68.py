@@ -6,8 +6,8 @@ package's ``fr_landmark.js``). FFHQ alignment puts the face at a fixed place, so
 ``FFHQ_BOX`` (fractions of the image side) was chosen by a one-off check on 200 held-out aligned LFW faces, where
 the net's 5 points (eye centres, nose tip, mouth corners) sat ~10 % of the inter-ocular distance from YuNet's
 (the tests check < 15 % on a sample photo).
-The generator trainer uses it to keep landmarks fixed when the identity band is swapped (``id_band_landmarks``,
-``id_band_framing``).
+Used by the landmark probes (lab/probes/band_probe.py); generator runs 8-11 trained with it as a loss term
+(docs/models.md; those trainer options were not shipped and live at commit 1f56aad).
 It is a different net from YuNet, the detector that the model report measures the landmark shift with.
 """
 from __future__ import annotations
