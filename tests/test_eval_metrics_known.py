@@ -1,5 +1,6 @@
 """Known answers for the evaluation suite's bookkeeping: verification numbers on analytic Gaussians, D<->sys
 extremes, PSR thresholds, revocability/stolen-key rates, deterministic pairs, and the report writer."""
+import argparse
 import json
 import math
 from pathlib import Path
@@ -8,8 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from faceanonymixer.eval import baselines, report
+from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.eval import baselines, dataset, report, scoring
 from faceanonymixer.eval import evaluate as ev
+from faceanonymixer.eval import metrics as M
+from faceanonymixer.eval.attacks import ATTACKS
+from faceanonymixer.eval.protection import eval_key
 from faceanonymixer.eval.report import ORIGINAL, ScoreSet
 
 
@@ -97,14 +102,14 @@ def _tree(tmp_path, n_people=6, n_img=4):
 
 def test_pairs_are_deterministic(tmp_path):
     root = _tree(tmp_path)
-    a = ev.select_dataset(root, 4, 2, 3, seed=7)
-    b = ev.select_dataset(root, 4, 2, 3, seed=7)
-    c = ev.select_dataset(root, 4, 2, 3, seed=8)
+    a = dataset.select_dataset(root, 4, 2, 3, seed=7)
+    b = dataset.select_dataset(root, 4, 2, 3, seed=7)
+    c = dataset.select_dataset(root, 4, 2, 3, seed=8)
     assert a.items == b.items and "P00" not in a.people and len(a.people) == 4
     assert all(np.bincount(a.person_of) == 3)
     assert a.items != c.items
-    pa = ev.make_pairs(a, n_impostor=20, stolen_images=2, seed=7)
-    pb = ev.make_pairs(b, n_impostor=20, stolen_images=2, seed=7)
+    pa = dataset.make_pairs(a, n_impostor=20, stolen_images=2, seed=7)
+    pb = dataset.make_pairs(b, n_impostor=20, stolen_images=2, seed=7)
     for f in ("genuine", "impostor", "stolen", "stolen_victim"):
         assert np.array_equal(getattr(pa, f), getattr(pb, f)), f
     po = a.person_of
@@ -115,11 +120,11 @@ def test_pairs_are_deterministic(tmp_path):
     assert len(pa.stolen) == 4 * 3 * 2
     assert all(po[x] == v and po[y] != v for (x, y), v in zip(pa.stolen, pa.stolen_victim))
     # all cross pairs when fewer than asked
-    pall = ev.make_pairs(a, n_impostor=10 ** 6, stolen_images=1, seed=7)
+    pall = dataset.make_pairs(a, n_impostor=10 ** 6, stolen_images=1, seed=7)
     assert len(pall.impostor) == (12 * 11) // 2 - 12
     # evaluation keys: deterministic, distinct per person and role
-    k = ev.eval_key(7, "P01", "k1")
-    assert k == ev.eval_key(7, "P01", "k1") and k != ev.eval_key(7, "P01", "k2") and k != ev.eval_key(8, "P01", "k1")
+    k = eval_key(7, "P01", "k1")
+    assert k == eval_key(7, "P01", "k1") and k != eval_key(7, "P01", "k2") and k != eval_key(8, "P01", "k1")
 
 
 def test_baselines():
@@ -139,14 +144,14 @@ def test_baselines():
 def test_frechet_and_pose():
     rng = np.random.default_rng(0)
     a = rng.normal(0, 1, (4000, 4))
-    assert ev.frechet_distance(a, rng.normal(0, 1, (4000, 4))) < 0.05
+    assert M.frechet_distance(a, rng.normal(0, 1, (4000, 4))) < 0.05
     # N(0,I) vs N(m,4I): |m|^2 + tr(I) + tr(4I) - 2 tr(2I) = |m|^2 + 4
-    assert ev.frechet_distance(a, rng.normal(1, 2, (4000, 4))) == pytest.approx(4 + 4, rel=0.1)
+    assert M.frechet_distance(a, rng.normal(1, 2, (4000, 4))) == pytest.approx(4 + 4, rel=0.1)
     lm = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], float)
-    assert np.allclose(ev.pose_proxies(lm), [0.0, 0.0, 0.5])
+    assert np.allclose(scoring.pose_proxies(lm), [0.0, 0.0, 0.5])
     th = math.radians(10)
     R = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
-    assert ev.pose_proxies(lm @ R.T)[0] == pytest.approx(10.0)
+    assert scoring.pose_proxies(lm @ R.T)[0] == pytest.approx(10.0)
 
 
 def test_scores_roundtrip_and_report_writer(tmp_path):
@@ -177,9 +182,60 @@ def test_scores_roundtrip_and_report_writer(tmp_path):
 
 
 def test_attack_selection_empty_list_means_none():
-    from faceanonymixer.eval import evaluate as ev
-    from faceanonymixer.eval.attacks import ATTACKS
     cfg = Path(__file__).resolve().parents[1] / "configs" / "eval.yaml"
     assert ev.selected_attacks(ev.load_config(cfg, ["attacks.names=[]"])) == []
     assert ev.selected_attacks(ev.load_config(cfg, ["attacks.names=null"])) == list(ATTACKS)
     assert ev.selected_attacks(ev.load_config(cfg, ["attacks.names=[avg]"])) == ["avg"]
+
+
+def _frechet_as_evaluate_computed_it(a, b):
+    """The embedding-space Fréchet distance exactly as eval/evaluate.py had it before metrics.py became its home."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s1)
+    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = r1 @ s2 @ r1
+    tr = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr)
+
+
+def test_frechet_hand_made_value_and_both_reports_numbers():
+    # 1-D: a = {0, 2} -> mean 1, variance 2; b = {3, 5, 7} -> mean 5, variance 4 (unbiased):
+    # (1 - 5)^2 + 2 + 4 - 2 sqrt(2 * 4) = 22 - 4 sqrt(2)
+    a, b = np.array([[0.0], [2.0]]), np.array([[3.0], [5.0], [7.0]])
+    assert M.frechet_distance(a, b) == pytest.approx(22 - 4 * math.sqrt(2), rel=1e-12)
+    assert M.frechet_distance(a, b, upcast=False) == pytest.approx(22 - 4 * math.sqrt(2), rel=1e-12)
+    # 2-D, independent axes: the per-axis 1-D values add up
+    a2, b2 = np.array([[0.0, 0], [2, 1]]), np.array([[3.0, 0], [5, 2], [7, 4]])
+    want = 22 - 4 * math.sqrt(2) + (0.5 - 2) ** 2 + 0.5 + 4 - 2 * math.sqrt(0.5 * 4)
+    assert M.frechet_distance(a2[:, :1], b2[:, :1]) + M.frechet_distance(a2[:, 1:], b2[:, 1:]) == pytest.approx(want)
+    # `evaluate` (float32 embeddings, means in float32) keeps its numbers bit for bit; the model report's float64
+    # path differs from it only in rounding
+    rng = np.random.default_rng(3)
+    for n in (3, 40, 300):
+        ea = rng.normal(size=(n, 128)).astype(np.float32)
+        eb = (rng.normal(size=(50, 128)) + 0.1).astype(np.float32)
+        old = _frechet_as_evaluate_computed_it(ea, eb)
+        assert M.frechet_distance(ea, eb, upcast=False) == old
+        assert M.frechet_distance(ea, eb) == pytest.approx(old, rel=1e-6)
+
+
+def test_data_folder_from_flag_or_environment(monkeypatch, tmp_path):
+    """No development-machine default: --data (or the config's data), else $FACEANONYMIXER_LFW/images, else an
+    error that names both; the environment beats the config file, an explicit --data beats both."""
+    monkeypatch.delenv(dataset.DATA_ENV, raising=False)
+    with pytest.raises(FaceAnonyMixerError, match="--data DIR.*FACEANONYMIXER_LFW"):
+        dataset.data_root(None)
+    assert dataset.data_root("x/y") == "x/y"
+    cfg = ev.load_config(None, [f"out={tmp_path / 'r'}", "variants=[blur]", "main_variant=blur"])
+    assert cfg.data is None
+    with pytest.raises(FaceAnonyMixerError, match="--data DIR.*FACEANONYMIXER_LFW"):
+        ev.evaluate(cfg)
+    monkeypatch.setenv(dataset.DATA_ENV, str(tmp_path / "from_env"))
+    assert dataset.data_root(None) == str(tmp_path / "from_env" / "images")
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    config = Path(__file__).resolve().parents[1] / "configs" / "eval.yaml"
+    assert ev.config_from_args(parser.parse_args(["--config", str(config)])).data == str(tmp_path / "from_env" / "images")
+    assert ev.config_from_args(parser.parse_args(["--config", str(config), "--data", "d"])).data == "d"
+    assert ev.config_from_args(parser.parse_args(["--config", str(config), "--set", "data=s"])).data == "s"

@@ -10,6 +10,7 @@ from PIL import Image
 from faceanonymixer import cli, registry
 from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.eval import evaluate as ev
+from faceanonymixer.eval.protection import variant_hash
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "eval.yaml"
@@ -116,8 +117,8 @@ def test_evaluate_method_paths_and_cache(tiny_data, tmp_path):
     assert a["psr"] == b["psr"] and a["unlinkability"]["dsys"] == b["unlinkability"]["dsys"]
     # the method-level cache key also covers the method's settings
     base = ev.load_config(CONFIG, over)
-    assert ev.variant_hash(base, "method", 64) != ev.variant_hash(ev.load_config(CONFIG, over + ["protect.optim.steps=3"]), "method", 64)
-    assert ev.variant_hash(base, "naive", 64) == ev.variant_hash(ev.load_config(CONFIG, over + ["protect.optim.steps=3"]), "naive", 64)
+    assert variant_hash(base, "method", 64) != variant_hash(ev.load_config(CONFIG, over + ["protect.optim.steps=3"]), "method", 64)
+    assert variant_hash(base, "naive", 64) == variant_hash(ev.load_config(CONFIG, over + ["protect.optim.steps=3"]), "naive", 64)
 
 
 def test_evaluate_with_embedded_models(tiny_data, tmp_path):

@@ -1,7 +1,9 @@
-"""``faceanonymixer model-report``: its metric functions against closed forms / an independent reference, and the
-command end to end on a tiny random real Generator + encoder and the sample photos (held-out people only)."""
+"""``faceanonymixer model-report`` (eval/quality/): its metric functions (eval/metrics.py) against closed forms / an
+independent reference, and the command end to end on a tiny random real Generator + encoder and the sample photos
+(held-out people only)."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 
@@ -9,7 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from faceanonymixer.eval import models_report as mr
+from faceanonymixer.errors import FaceAnonyMixerError
+from faceanonymixer.eval import metrics as M
+from faceanonymixer.eval.quality import report
+from faceanonymixer.eval.quality.generation import parse_ranges
+from faceanonymixer.eval.quality.landmarks import pose_change
 from faceanonymixer.train.data import person_split
 
 TINY_G = {4: 32, 8: 32, 16: 16, 32: 16}
@@ -19,10 +25,10 @@ def test_ssim_matches_closed_form_and_gaussian_filter_reference():
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.avg_pool2d(torch.rand(2, 3, 40, 40, generator=g), 3, 1, 1)  # smooth-ish images
     y = (x + 0.05 * torch.randn(x.shape, generator=g)).clamp(0, 1)
-    assert torch.allclose(mr.ssim(x, x), torch.ones(2), atol=1e-6)
+    assert torch.allclose(M.ssim(x, x), torch.ones(2), atol=1e-6)
     # constant images: variances vanish, SSIM = (2ab + C1) / (a^2 + b^2 + C1)
     a, b, c1 = 0.3, 0.6, 0.01 ** 2
-    got = mr.ssim(torch.full((1, 3, 16, 16), a), torch.full((1, 3, 16, 16), b))
+    got = M.ssim(torch.full((1, 3, 16, 16), a), torch.full((1, 3, 16, 16), b))
     assert got.item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), abs=1e-6)
     # reference: the skimage recipe (scipy gaussian_filter, truncate 3.5 -> 11 taps, crop 5 px) per channel
     nd = pytest.importorskip("scipy.ndimage")
@@ -36,8 +42,8 @@ def test_ssim_matches_closed_form_and_gaussian_filter_reference():
 
     xn, yn = x.double().numpy(), y.double().numpy()
     want = [np.mean([ref(xn[i, c], yn[i, c]) for c in range(3)]) for i in range(2)]
-    assert np.allclose(mr.ssim(x, y).numpy(), want, atol=1e-5)
-    assert mr.psnr(torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.1)).item() == pytest.approx(20.0, abs=1e-4)
+    assert np.allclose(M.ssim(x, y).numpy(), want, atol=1e-5)
+    assert M.psnr(torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.1)).item() == pytest.approx(20.0, abs=1e-4)
 
 
 def test_frechet_distance_closed_form_pose_change_and_ranges():
@@ -45,17 +51,17 @@ def test_frechet_distance_closed_form_pose_change_and_ranges():
     mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
     d1, d2 = rng.uniform(0.5, 2, 4), rng.uniform(0.5, 2, 4)
     want = ((mu1 - mu2) ** 2).sum() + (d1 + d2 - 2 * np.sqrt(d1 * d2)).sum()
-    assert mr.frechet_from_stats(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(want, rel=1e-9)
+    assert M.frechet_from_stats(mu1, np.diag(d1), mu2, np.diag(d2)) == pytest.approx(want, rel=1e-9)
     q, _ = np.linalg.qr(rng.normal(size=(4, 4)))  # rotating both Gaussians changes nothing
-    got = mr.frechet_from_stats(q @ mu1, q @ np.diag(d1) @ q.T, q @ mu2, q @ np.diag(d2) @ q.T)
+    got = M.frechet_from_stats(q @ mu1, q @ np.diag(d1) @ q.T, q @ mu2, q @ np.diag(d2) @ q.T)
     assert got == pytest.approx(want, rel=1e-6)
     a = rng.normal(size=(50, 8))  # n > dim and n < dim (singular covariance) both work
-    assert abs(mr.frechet_distance(a, a)) < 1e-6 and mr.frechet_distance(a[:5], a[5:10] + 1) > 7
+    assert abs(M.frechet_distance(a, a)) < 1e-6 and M.frechet_distance(a[:5], a[5:10] + 1) > 7
     lm = np.array([[[30., 40], [50, 40], [40, 50], [32, 60], [48, 60]]])
-    assert mr.pose_change(lm, lm + [2.0, 0.0])[0] == pytest.approx(0.1)  # 2 px at an inter-ocular of 20 px
-    assert mr.parse_ranges("1-3, 3-7,5") == [(1, 3), (3, 7), (5, 5)]
+    assert pose_change(lm, lm + [2.0, 0.0])[0] == pytest.approx(0.1)  # 2 px at an inter-ocular of 20 px
+    assert parse_ranges("1-3, 3-7,5") == [(1, 3), (3, 7), (5, 5)]
     with pytest.raises(ValueError):
-        mr.parse_ranges("4-2")
+        parse_ranges("4-2")
 
 
 def _metrics(obj, path=""):
@@ -184,3 +190,11 @@ def test_model_report_skips_missing_models_with_reasons(setup):
     assert S["fd_dlib"]["status"] == "ok" and S["fd_dlib"]["rows"]["generator"]["value"] is None
     _check_numbers(rep2)
     assert "Not measured" in (out2 / "model_report.md").read_text()
+
+
+def test_model_report_needs_data_flag_or_environment(monkeypatch, tmp_path):
+    """No development-machine default: without --data and FACEANONYMIXER_LFW the command stops and names both."""
+    monkeypatch.delenv("FACEANONYMIXER_LFW", raising=False)
+    with pytest.raises(FaceAnonyMixerError, match="--data DIR.*FACEANONYMIXER_LFW"):
+        report.run(argparse.Namespace(data=None, out=str(tmp_path / "r"), threads=0))
+    assert not (tmp_path / "r").exists()

@@ -13,7 +13,8 @@ import argparse
 
 import torch
 
-from faceanonymixer.eval.models_report import embed_ffhq, mix, parse_ranges, seed_ws, synth
+from faceanonymixer.eval.embeddings import embed_ffhq
+from faceanonymixer.eval.quality.generation import mix, parse_ranges, seed_ws, synth
 from faceanonymixer.fr import get_recogniser
 from faceanonymixer.models.loading import load_generator
 

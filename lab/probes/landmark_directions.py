@@ -16,8 +16,9 @@ import argparse
 
 import torch
 
-from faceanonymixer.eval.models_report import (detect_batch, embed_ffhq, mix, parse_ranges, pose_change, seed_ws,
-                                               synth)
+from faceanonymixer.eval.embeddings import embed_ffhq
+from faceanonymixer.eval.quality.generation import mix, parse_ranges, seed_ws, synth
+from faceanonymixer.eval.quality.landmarks import detect_batch, pose_change
 from faceanonymixer.fr import get_recogniser
 from faceanonymixer.models.landmarks68 import Landmarks68, similarity_fit
 from faceanonymixer.models.loading import load_generator

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from faceanonymixer import align as A
-from faceanonymixer.eval.models_report import detect_batch, load_real_sets, pose_change
+from faceanonymixer.eval.quality.landmarks import detect_batch, pose_change
+from faceanonymixer.eval.quality.real_faces import load_real_sets
 from faceanonymixer.images import read_image
 from faceanonymixer.models.landmarks68 import framing_shift
 

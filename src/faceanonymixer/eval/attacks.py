@@ -4,9 +4,9 @@ Both attacks start by re-inverting the protected image with the encoder, ws = E(
 *protected layers* (the W+ layers the key controls: the key layers and the optimised layers of the mixing plan;
 for the paper's README assignment these are the identity band):
 
-* ``avg``      (issue 5a, knows G and E): replace the protected layers by the generator's average latent
+* ``avg``      (knows G and E): replace the protected layers by the generator's average latent
                ``latent_avg`` and synthesise. Whatever identity the untouched real layers still carry shows up.
-* ``optimise`` (issue 5b, also knows the key): the attacker can compute the key's synthetic code w_k and hence the
+* ``optimise`` (also knows the key): the attacker can compute the key's synthetic code w_k and hence the
                naive mix ``[ws real layers, w_k key layers]``, i.e. the identity the key injected. The protected
                layers are optimised (from ``latent_avg``) to *undo* that injection with the white-box recogniser:
                push the identity away from the naive mix and from the protected face (the method drove the

@@ -16,8 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
+from ..align import align_arcface, get_detector, pick_face
 from ..errors import FaceAnonyMixerError, ImageError
+from ..fr import get_recogniser
+from ..images import read_image
 from .metrics import verification_report
 from .protocols import Pair, PairsFileError, limit_pairs, read_pairs, sample_pairs, write_pairs_csv
 
@@ -85,11 +90,6 @@ def _rel(p: Path, root) -> str:
 def embed_images(paths: list[Path], rec, mode: str, batch: int = 64, detector=None, progress: bool = True,
                  root=None, select: str = "center") -> tuple[dict[Path, np.ndarray], dict[Path, str], int]:
     """Embed each image once: ({path: embedding (D,)}, {path: error message}, number of multi-face images)."""
-    import torch
-
-    from ..align import align_arcface, get_detector, pick_face
-    from ..images import read_image
-
     detector = detector or get_detector()
     emb: dict[Path, np.ndarray] = {}
     errors: dict[Path, str] = {}
@@ -108,11 +108,7 @@ def embed_images(paths: list[Path], rec, mode: str, batch: int = 64, detector=No
         pending.clear()
         pending_paths.clear()
 
-    try:
-        from tqdm import tqdm
-        it = tqdm(paths, desc=f"embed ({rec.name})", unit="img", disable=not progress, file=sys.stderr)
-    except ImportError:
-        it = paths
+    it = tqdm(paths, desc=f"embed ({rec.name})", unit="img", disable=not progress, file=sys.stderr)
     for p in it:
         try:
             img = read_image(p)
@@ -180,8 +176,6 @@ def _fmt(x, pct=False):
 
 
 def run(args) -> int:
-    from ..fr import get_recogniser
-
     try:
         fars = [float(f) for f in str(args.far).split(",") if f.strip()]
     except ValueError:
@@ -197,7 +191,6 @@ def run(args) -> int:
         mode = "image" if hasattr(rec, "embed_image") else "crop"
     if mode == "image" and not hasattr(rec, "embed_image"):
         raise FaceAnonyMixerError(f"--embed image: recogniser '{args.model}' has no embed_image; use --embed crop")
-    from ..align import get_detector
     n_gen = sum(p.same for p in pairs)
     print(f"fr-eval: model {args.model} ({mode}), pairs {source}: {len(pairs)} ({n_gen} genuine, "
           f"{len(pairs) - n_gen} impostor)", flush=True)

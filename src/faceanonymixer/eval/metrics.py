@@ -1,14 +1,18 @@
-"""Verification metrics on similarity scores (higher = more similar; a pair is accepted when score >= threshold).
+"""Every metric of the evaluation suites, one home: verification metrics on similarity scores, image similarity
+(SSIM, PSNR) and the Fréchet distance between Gaussians fitted to feature sets.
 
-Labels: 1 (True) = genuine / mated pair, 0 (False) = impostor / non-mated pair. All functions take plain arrays
-and are deterministic; none needs scipy or sklearn.
+Scores: higher = more similar; a pair is accepted when score >= threshold. Labels: 1 (True) = genuine / mated
+pair, 0 (False) = impostor / non-mated pair. All functions take plain arrays (images: torch tensors) and are
+deterministic; none needs scipy or sklearn.
 
 * ``roc`` (fpr, tpr, thresholds), ``auc`` (trapezoid), ``eer`` (linear interpolation of the FPR/FNR crossing,
   never a root finder that can raise on a degenerate ROC),
 * ``threshold_at_far`` / ``fmr_threshold`` (threshold chosen on impostor scores so that FAR <= target),
   ``tar_at_far`` (achieved FAR and the number of impostors reported; NaN with a note when there are too few),
 * ``kfold_accuracy``: LFW protocol (best threshold on 9 folds, accuracy on the held-out one; mean and std),
-* ``verification_report``: all of the above in one JSON-ready dict.
+* ``verification_report``: all of the above in one JSON-ready dict,
+* ``ssim`` (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid positions, K1=0.01, K2=0.03), ``psnr``,
+* ``frechet_distance`` / ``frechet_from_stats``: ||mu1-mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def _arrays(scores, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -209,3 +215,67 @@ def verification_report(scores, labels, valid=None, fars: Sequence[float] = (1e-
         genuine_mean=float(gen.mean()), impostor_mean=float(imp.mean()),
         genuine_std=float(gen.std()), impostor_std=float(imp.std()),
     )
+
+
+# --- image similarity -----------------------------------------------------------------------------------------
+def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """[size,size] float64 Gaussian kernel summing to 1."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """SSIM per image: x, y [N,C,H,W] in [0, data_range] -> [N]. 11x11 Gaussian window (sigma 1.5), computed per
+    channel and averaged over channels and all 'valid' window positions (no padding); K1=0.01, K2=0.03."""
+    assert x.shape == y.shape and x.ndim == 4 and min(x.shape[2:]) >= 11, (tuple(x.shape), tuple(y.shape))
+    x, y = x.double(), y.double()
+    c = x.shape[1]
+    w = gaussian_window().to(x.device)[None, None].repeat(c, 1, 1, 1)
+
+    def filt(t):
+        return F.conv2d(t, w, groups=c)
+
+    mx, my = filt(x), filt(y)
+    sxx = filt(x * x) - mx * mx
+    syy = filt(y * y) - my * my
+    sxy = filt(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    m = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return m.mean(dim=(1, 2, 3)).float()
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR in dB per image: x, y [N,C,H,W] in [0, data_range] -> [N] (MSE floored at 1e-10: 100 dB cap)."""
+    mse = ((x.double() - y.double()) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return (10 * torch.log10(data_range ** 2 / mse)).float()
+
+
+# --- Fréchet distance -----------------------------------------------------------------------------------------
+def frechet_from_stats(mu1, s1, mu2, s2) -> float:
+    """||mu1-mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)); tr sqrt(S1 S2) via the symmetric S1^(1/2) S2 S1^(1/2)
+    (same eigenvalues), so singular covariances (n <= dim) are fine. Covariances in float64; the means keep a
+    float32 dtype when given one (see ``frechet_distance(upcast=False)``), anything else becomes float64."""
+    mu1, mu2 = (m if isinstance(m, np.ndarray) and m.dtype == np.float32 else np.asarray(m, np.float64)
+                for m in (mu1, mu2))
+    s1, s2 = np.asarray(s1, np.float64), np.asarray(s2, np.float64)
+    ev, evec = np.linalg.eigh((s1 + s1.T) / 2)
+    r1 = (evec * np.sqrt(np.clip(ev, 0, None))) @ evec.T
+    m = r1 @ s2 @ r1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def frechet_distance(a, b, upcast: bool = True) -> float:
+    """Fréchet distance between Gaussians fitted to the rows of a [Na,D] and b [Nb,D] (unbiased covariances).
+    upcast=False takes the means in the inputs' own dtype (np.cov always works in float64): the way
+    ``faceanonymixer evaluate`` has always computed its embedding-space realism proxy, kept so that its
+    metrics.json stay bit-identical (float32 embeddings: ~1e-9 relative difference)."""
+    if upcast:
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    else:
+        a, b = np.asarray(a), np.asarray(b)
+    assert a.ndim == b.ndim == 2 and a.shape[1] == b.shape[1] and len(a) >= 2 and len(b) >= 2, (a.shape, b.shape)
+    cov_a, cov_b = (np.atleast_2d(np.cov(x, rowvar=False)) for x in (a, b))   # D = 1: np.cov gives a scalar
+    return frechet_from_stats(a.mean(0), cov_a, b.mean(0), cov_b)

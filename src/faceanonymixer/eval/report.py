@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import metrics
 from . import unlinkability as unl
 
 ORIGINAL = "original"          # the unprotected variant
@@ -118,7 +119,6 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
 
 def fmr_threshold(impostor, fmr: float) -> float:
     """Threshold whose false-match rate on ``impostor`` is <= fmr (match iff score >= threshold)."""
-    from . import metrics
     return float(metrics.fmr_threshold(np.asarray(impostor, dtype=np.float64), fmr))
 
 
@@ -131,7 +131,6 @@ def _labels(genuine, impostor) -> tuple[np.ndarray, np.ndarray]:
 def verification(genuine, impostor, fars=TAR_FARS) -> dict:
     """EER, AUC, TAR@FAR, 10-fold accuracy and counts (eval/metrics.py). A TAR whose FAR cannot be resolved with
     the available impostor pairs (fewer than 1/FAR) is null with a note; 1e-4 is listed only when resolvable."""
-    from . import metrics
     g = np.asarray(genuine, dtype=np.float64).ravel()
     i = np.asarray(impostor, dtype=np.float64).ravel()
     out = {"n_genuine": int(g.size), "n_impostor": int(i.size)}
@@ -249,6 +248,7 @@ def summarise(scores: ScoreSet, recognisers: list[str], white_box: list[str], va
 
 # --- plots ---------------------------------------------------------------------------------------------
 def _plt():
+    # matplotlib only when plots are drawn: heavy to import, and the Agg backend must be chosen first
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -76,6 +76,7 @@ def dsys(mated, nonmated, omega: float = 1.0, n_bins: int | None = None) -> Unli
 
 def plot(result: Unlinkability, path, title: str = "") -> None:
     """Both score densities (histograms) and D<->(s) on a twin axis; the w*LR = 1 crossing is where D turns on."""
+    # matplotlib only when a plot is drawn: heavy to import, and the Agg backend must be chosen first
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
