@@ -7,6 +7,10 @@ person's key k1 and a second key k2, and the stolen-key images (impostor t under
 report. Protected images are cached under ``cache_dir/<variant hash>/`` (hash of everything that determines them),
 so a re-run resumes and a changed config recomputes. Keys are derived from the seed and the person's name (they
 are evaluation keys, never written anywhere).
+
+This module holds the configuration, the command and the orchestration; the steps live in dataset.py (data,
+pairs, alignment), protection.py (variants, keys, cache), embeddings.py and scoring.py (pair scores, quality,
+attributes), attacks.py and report.py (metrics and report files).
 """
 from __future__ import annotations
 
