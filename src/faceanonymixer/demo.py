@@ -2,6 +2,8 @@
 keys, a grid original | key 1 | key 2, and a metric summary (matcher cosines)."""
 from __future__ import annotations
 
+import argparse
+
 import json
 import re
 import sys
@@ -10,13 +12,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import FaceAnonyMixerError
+from .fr import get_recogniser
+from .images import list_images, write_png_atomic
 from .keys import Key
 from .pipeline import Protector, to_uint8
+from .registry import data_dir
 from .workflow import load_config, verify_threshold
 
 
 def _people(folder: Path) -> dict[str, list[Path]]:
-    from .images import list_images
     people: dict[str, list[Path]] = {}
     for p in list_images(folder):
         people.setdefault(re.sub(r"[\d_]*(partial_face)?\d*$", "", p.stem) or p.stem, []).append(p)
@@ -26,7 +31,6 @@ def _people(folder: Path) -> dict[str, list[Path]]:
 def run(config_path=None, overrides=None) -> int:
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
     cfg = load_config(config_path, overrides)
-    from .registry import data_dir
     folder = Path(cfg.demo.samples) if cfg.demo.samples else data_dir() / "samples"
     out = Path(cfg.demo.out)
     people = _people(folder)
@@ -35,7 +39,6 @@ def run(config_path=None, overrides=None) -> int:
     names = list(people)
     r1 = prot.protect_people([people[n] for n in names], k1, names, steps=cfg.demo.steps)
     r2 = prot.protect_people([people[n] for n in names], k2, names, steps=cfg.demo.steps)
-    from .fr import get_recogniser
     matcher = get_recogniser(cfg.workflow.matcher)
     rows, summary = [], dict(anonymity_cos=[], same_key_cos=[], cross_key_cos=[], bad_items=r1.failures)
     with torch.no_grad():
@@ -49,7 +52,6 @@ def run(config_path=None, overrides=None) -> int:
                 summary["same_key_cos"] += s[torch.triu(torch.ones_like(s), 1).bool()].tolist()
             for i in range(len(a.sources)):
                 rows.append(np.concatenate([to_uint8(orig[i]), to_uint8(a.images[i]), to_uint8(b.images[i])], 1))
-    from .images import write_png_atomic
     grid = write_png_atomic(out / "grid.png", np.concatenate(rows, 0))
     stats = {k: (round(float(np.mean(v)), 4) if v else None) for k, v in summary.items() if k != "bad_items"}
     stats.update(threshold=verify_threshold(cfg.workflow.threshold, prot.generator, matcher.name),
@@ -64,8 +66,6 @@ def run(config_path=None, overrides=None) -> int:
 
 
 def main(argv=None) -> int:
-    import argparse
-    from .errors import FaceAnonyMixerError
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default=None)
     p.add_argument("--set", action="append", default=[])

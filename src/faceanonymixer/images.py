@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ImageError
-from .fileio import shown
+from .fileio import atomic_write, shown
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _to_rgb(im: Image.Image, path) -> Image.Image:
         icc = im.info.get("icc_profile")
         if icc:  # colour-managed conversion when the file says how; naive conversion otherwise
             try:
-                import io
+                import io  # rare path (CMYK with a profile): kept out of every other read
 
                 from PIL import ImageCms
                 src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
@@ -166,7 +166,6 @@ def write_png_atomic(path: str | os.PathLike, rgb: np.ndarray) -> Path:
                          "(convert with np.clip(x, 0, 255).astype(np.uint8))")
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
         raise ValueError(f"write_png_atomic: expected HxW, HxWx3 or HxWx4, got shape {a.shape}")
-    from .fileio import atomic_write
     return atomic_write(path, lambda f: Image.fromarray(np.ascontiguousarray(a)).save(f, format="PNG"))
 
 

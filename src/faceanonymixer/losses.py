@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import FaceAnonyMixerError
+from .fr import get_recogniser
 from .models.clip_vit import VisionTransformer, load_clip_visual
 from .registry import locate
 
@@ -129,7 +130,6 @@ class SFaceEarlyFeatures(torch.nn.Module):
     def __init__(self, recogniser=None):  # recogniser: a loaded fr 'sface' Recogniser (default: get_recogniser)
         super().__init__()
         if recogniser is None:
-            from .fr import get_recogniser
             recogniser = get_recogniser("sface")
         if getattr(recogniser, "name", None) != "sface":
             raise FaceAnonyMixerError("attr_net 'sface-early' needs the sface recogniser")

@@ -27,6 +27,7 @@ A generator's weights file may name its own band (``meta.identity_layers``, set 
 """
 from __future__ import annotations
 
+from .config import ConfigError
 import math
 from dataclasses import dataclass
 
@@ -104,14 +105,12 @@ def make_plan(num_ws: int, config: MixingConfig | None = None, resolution: int |
     of the module docstring (which gives the paper's 3-7 for the official 1024-px generator)."""
     cfg = config or MixingConfig()
     if cfg.assignment not in ASSIGNMENTS:
-        from .config import ConfigError
         raise ConfigError(f"mixing.assignment must be one of {ASSIGNMENTS}, got '{cfg.assignment}'")
     coarse, ident, _ = layer_bands(num_ws, resolution)
     explicit = cfg.identity_layers if cfg.identity_layers is not None else generator_band
     if explicit is not None:
         ident = sorted(int(i) for i in explicit)
         if not ident or ident[0] < 1 or ident[-1] >= num_ws - 1:
-            from .config import ConfigError
             raise ConfigError(f"mixing.identity_layers {list(explicit)} must lie within 1..{num_ws - 2}")
         coarse = list(range(ident[0]))
     if cfg.assignment == "readme":

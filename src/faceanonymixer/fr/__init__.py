@@ -29,7 +29,7 @@ _LOCK = threading.Lock()
 
 def _build(name: str, path) -> Recogniser:
     if name == "sface":
-        from .sface import SFace
+        from .sface import SFace  # recognisers load on demand: dlib is a heavy native extension
         return SFace(path)
     if name == "dlib-resnet":
         from .dlib_resnet import DlibResNet

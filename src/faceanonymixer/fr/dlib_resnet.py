@@ -22,7 +22,7 @@ ARCFACE_DLIB_BOX = (5, 30, 102, 111)
 
 def _import_dlib():
     try:
-        import dlib
+        import dlib  # heavy native extension: loaded only when this recogniser is used
     except ImportError as e:
         raise MissingWeightsError("the dlib-resnet recogniser needs the 'dlib' runtime: "
                                   "pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0") from e

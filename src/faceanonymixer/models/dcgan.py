@@ -24,6 +24,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from .. import registry
 from ..errors import CheckpointFormatError
 from .irse import build_loaded, safe_torch_load
 
@@ -109,7 +110,6 @@ class DCGANGenerator(nn.Module):
 
 
 def _resolve(path_or_name: str | os.PathLike) -> str | os.PathLike:
-    from .. import registry
     if isinstance(path_or_name, str) and path_or_name in registry.MODELS:
         if path_or_name != REGISTRY_NAME:
             raise CheckpointFormatError(f"load_dcgan: registry model '{path_or_name}' is not a DCGAN; "

@@ -13,7 +13,10 @@ import torch
 
 from .. import registry
 from ..errors import CheckpointFormatError
+from ..fr import get_recogniser
 from .e4e import E4EInverter, Encoder4Editing, load_e4e
+from .id_head import IdentityHead
+from .io import load_state
 
 
 def build_encoder(config: dict) -> Encoder4Editing:
@@ -32,7 +35,6 @@ def pop_id_head_state(state: dict) -> dict:
 
 def build_id_head(config: dict):
     """IdentityHead from the ``id_head`` entry of our encoder config."""
-    from .id_head import IdentityHead
     return IdentityHead(**config)
 
 
@@ -43,7 +45,6 @@ def load_inverter(name_or_path: str | os.PathLike, generator=None, device: str |
     if not path.is_file():
         path = registry.locate("fam-e4e-64", explicit=path)  # raises a MissingWeightsError naming the file
     if path.suffix == ".safetensors":
-        from .io import load_state
         state, cfg = load_state(path)
         if cfg.get("arch") != "e4e":
             raise CheckpointFormatError(f"{path}: not an encoder weights file (arch={cfg.get('arch')!r}); "
@@ -53,7 +54,6 @@ def load_inverter(name_or_path: str | os.PathLike, generator=None, device: str |
         head_state = pop_id_head_state(state)
         head, id_net = None, None
         if cfg.get("id_head"):
-            from ..fr import get_recogniser
             head = build_id_head(cfg["id_head"])
             id_net = get_recogniser(head.id_net, device=device)  # names the missing file if it is absent
         elif head_state:

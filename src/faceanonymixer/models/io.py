@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointFormatError
 
@@ -40,7 +42,6 @@ def save_model(module: torch.nn.Module | dict,      # module (its state_dict is 
                fp16: bool = False,                  # store floating tensors as float16
                ) -> Path:
     """Write ``path`` (.safetensors) and its JSON config beside it; returns the weights path."""
-    from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -74,7 +75,6 @@ def read_doc(path: str | os.PathLike) -> dict:
         if cp.is_file():
             doc = json.loads(cp.read_text())
         else:
-            from safetensors import safe_open
             with safe_open(str(path), framework="pt") as f:
                 md = f.metadata() or {}
             if "faceanonymixer" not in md:
@@ -94,7 +94,6 @@ def read_doc(path: str | os.PathLike) -> dict:
 
 def load_state(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """Read ``path`` -> (state_dict with float32 floating tensors, config dict)."""
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():

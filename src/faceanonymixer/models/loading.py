@@ -16,13 +16,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import struct
 from pathlib import Path
 
 import torch
 
+from .. import registry
 from ..errors import CheckpointFormatError, MissingWeightsError
 from . import stylegan2_convert as conv
+from .io import load_meta, load_state
+from .safe_pickle import extract_network
 from .stylegan2 import Generator
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,6 @@ def resolve_path(path_or_name: str | os.PathLike) -> Path:
     p = Path(path_or_name).expanduser()
     if p.is_file():
         return p
-    from .. import registry
     name = str(path_or_name)
     if name in registry.MODELS:
         return registry.locate(name)
@@ -96,7 +99,6 @@ def weights_only_error(path, e: BaseException) -> str:
     """Our own complete message for a failed ``torch.load(weights_only=True)``: torch's is several paragraphs
     of advice (some of it - "set weights_only=False" - wrong for a file one does not trust); cut, it ends
     mid-sentence. We keep the one fact that matters: the refused global, if any."""
-    import re
     msg = str(e)
     g = re.search(r"(?:Unsupported global|GLOBAL)\W+(?:GLOBAL\s+)?([\w.]+)", msg)
     if g:
@@ -157,14 +159,12 @@ def load_generator(path_or_name: str | os.PathLike, device: str | torch.device =
     path = resolve_path(path_or_name)
     kind = sniff(path)
     if kind == "safetensors":
-        from .io import load_state
         state, config = load_state(path)
         config = config.get("generator", config) if isinstance(config, dict) else config
         if not isinstance(config, dict) or "resolution" not in config:
             raise CheckpointFormatError(f"{path}: its config has no generator 'resolution'; expected the "
                                         f"Generator.config dict saved by models.io.save_model")
         G = _build(path, config, state, None, device, "faceanonymixer")
-        from .io import load_meta
         meta = load_meta(path)
         band = meta.get("identity_layers")
         if band is not None:  # the mixing band measured for this model (mixing.make_plan)
@@ -188,7 +188,6 @@ def load_generator(path_or_name: str | os.PathLike, device: str | torch.device =
             G.verify_thresholds = {k: float(v) for k, v in thr.items()}
         return G
     if kind == "pickle":
-        from .safe_pickle import extract_network
         sd, init_kwargs = extract_network(path, "G_ema")
         return _from_nvlabs(path, sd, init_kwargs, device, "NVlabs pickle G_ema")
     if kind != "torch":
