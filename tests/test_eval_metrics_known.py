@@ -234,8 +234,9 @@ def test_data_folder_from_flag_or_environment(monkeypatch, tmp_path):
     monkeypatch.setenv(dataset.DATA_ENV, str(tmp_path / "from_env"))
     assert dataset.data_root(None) == str(tmp_path / "from_env" / "images")
     parser = argparse.ArgumentParser()
-    ev.add_arguments(parser)
+    from faceanonymixer.cli import evaluate as ev_cli
+    ev_cli.add_arguments(parser)
     config = Path(__file__).resolve().parents[1] / "configs" / "eval.yaml"
-    assert ev.config_from_args(parser.parse_args(["--config", str(config)])).data == str(tmp_path / "from_env" / "images")
-    assert ev.config_from_args(parser.parse_args(["--config", str(config), "--data", "d"])).data == "d"
-    assert ev.config_from_args(parser.parse_args(["--config", str(config), "--set", "data=s"])).data == "s"
+    assert ev_cli.config_from_args(parser.parse_args(["--config", str(config)])).data == str(tmp_path / "from_env" / "images")
+    assert ev_cli.config_from_args(parser.parse_args(["--config", str(config), "--data", "d"])).data == "d"
+    assert ev_cli.config_from_args(parser.parse_args(["--config", str(config), "--set", "data=s"])).data == "s"

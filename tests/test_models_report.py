@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from faceanonymixer.cli import model_report as model_report_cli
 from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.eval import metrics as M
-from faceanonymixer.eval.quality import report
 from faceanonymixer.eval.quality.generation import parse_ranges
 from faceanonymixer.eval.quality.landmarks import pose_change
 from faceanonymixer.train.data import person_split
@@ -196,5 +196,5 @@ def test_model_report_needs_data_flag_or_environment(monkeypatch, tmp_path):
     """No development-machine default: without --data and FACEANONYMIXER_LFW the command stops and names both."""
     monkeypatch.delenv("FACEANONYMIXER_LFW", raising=False)
     with pytest.raises(FaceAnonyMixerError, match="--data DIR.*FACEANONYMIXER_LFW"):
-        report.run(argparse.Namespace(data=None, out=str(tmp_path / "r"), threads=0))
+        model_report_cli.run(argparse.Namespace(data=None, out=str(tmp_path / "r"), threads=0))
     assert not (tmp_path / "r").exists()

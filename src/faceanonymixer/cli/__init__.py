@@ -1,5 +1,5 @@
-"""Console entry point ``faceanonymixer``: one module per command in this package (or, for the training and
-evaluation commands, in their own wing), each exposing ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+"""Console entry point ``faceanonymixer``: one module per command in this package, each exposing ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``; the work itself lives in the library modules they call.
 Parsing never takes prefixes of options and never repeats an unknown option's value (it may be a secret)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ..fileio import shown
 # (subcommand, module). Order = order in --help.
 COMMANDS = [
     ("weights", "faceanonymixer.cli.weights"),
-    ("fr-eval", "faceanonymixer.eval.fr_eval"),
+    ("fr-eval", "faceanonymixer.cli.fr_eval"),
     ("generate", "faceanonymixer.cli.generate"),
     ("invert", "faceanonymixer.cli.invert"),
     ("train", "faceanonymixer.cli.train"),
@@ -24,8 +24,8 @@ COMMANDS = [
     ("verify", "faceanonymixer.cli.verify"),
     ("revoke", "faceanonymixer.cli.revoke"),
     ("gallery", "faceanonymixer.cli.gallery"),
-    ("evaluate", "faceanonymixer.eval.evaluate"),
-    ("model-report", "faceanonymixer.eval.quality.report"),
+    ("evaluate", "faceanonymixer.cli.evaluate"),
+    ("model-report", "faceanonymixer.cli.model_report"),
     ("calibrate", "faceanonymixer.cli.calibrate"),
 ]
 

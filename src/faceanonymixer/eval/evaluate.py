@@ -14,10 +14,7 @@ attributes), attacks.py and report.py (metrics and report files).
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -34,7 +31,7 @@ from ..pipeline import ProtectConfig, module_digest
 from ..tensors import from_uint8, to_uint8
 from . import report
 from .attacks import ATTACKS, AttackConfig, protected_layers, run_attack
-from .dataset import DATA_ENV, data_root, drop_items, make_pairs, prepare, read_pairs_file, select_dataset
+from .dataset import data_root, drop_items, make_pairs, prepare, read_pairs_file, select_dataset
 from .embeddings import embed_crops, embed_ffhq
 from .metrics import frechet_distance
 from .protection import ALL_VARIANTS, KEYED, KEYLESS, ImageCache, Method, eval_key, protect_variant, variant_hash
@@ -95,50 +92,6 @@ def load_config(path=None, overrides=None) -> EvalConfig:
     if cfg.main_variant not in cfg.variants:
         raise cfgmod.ConfigError(f"main_variant '{cfg.main_variant}' is not in variants {cfg.variants}")
     return cfg
-
-
-# --- the command --------------------------------------------------------------------------------------------
-HELP = "protect a data set and measure utility, anonymity, revocability, unlinkability, irreversibility, quality"
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--config", default=None, help="YAML config (configs/eval.yaml); fields below override it")
-    p.add_argument("--data", help=f"identity folders <DIR>/<person>/<images> (e.g. LFW images/); default: "
-                   f"${DATA_ENV}/images, else the config's data")
-    p.add_argument("--pairs", help="LFW pairs.txt / CSV protocol (optional)")
-    p.add_argument("--out", help="output folder for report.md, report.html, metrics.json, scores.csv")
-    p.add_argument("--max-people", type=int, dest="max_people", help="number of people drawn (seeded)")
-    p.add_argument("--seed", type=int, help="seed of pair sampling, image choice and evaluation keys")
-    p.add_argument("--steps", type=int, help="optimisation steps of the method (protect.optim.steps)")
-    p.add_argument("--device", help="torch device (cpu, cuda)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set attacks.steps=50 --set variants=[method,naive]")
-
-
-def config_from_args(args) -> EvalConfig:
-    return load_config(args.config, overrides_from_args(args))
-
-
-def overrides_from_args(args) -> list[str]:
-    overrides = []
-    for name, key in (("data", "data"), ("pairs", "pairs"), ("out", "out"), ("max_people", "max_people"),
-                      ("seed", "seed"), ("steps", "protect.optim.steps"), ("device", "device")):
-        v = getattr(args, name, None)
-        if v is None and name == "data" and os.environ.get(DATA_ENV) and \
-                not any(o.split("=", 1)[0].strip() == "data" for o in args.set or []):
-            v = data_root(None)   # the environment beats the config file, an explicit --data beats both
-        if v is not None:
-            overrides.append(f"{key}={json.dumps(v) if isinstance(v, str) else v}")
-    return overrides + list(args.set or [])
-
-
-def run(args) -> int:
-    cfg = config_from_args(args)
-    # the exact, reproducible equivalent of this invocation (written into the report)
-    command = "faceanonymixer evaluate" + (f" --config {shlex.quote(args.config)}" if args.config else "") + "".join(
-        f" --set {shlex.quote(o)}" for o in overrides_from_args(args))
-    evaluate(cfg, command=command)
-    return 0
 
 
 def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> dict:

@@ -539,7 +539,7 @@ def write_report(out_dir, metrics: dict, scores: ScoreSet, grid_rows: list[dict]
                 figures.append((f"Unlinkability (mated vs non-mated densities, D<->(s)), {v}, {rec}", up))
 
     tabs = tables(metrics)
-    head = [f"# FaceAnonyMixer evaluation report", "",
+    head = ["# FaceAnonyMixer evaluation report", "",
             f"- config hash: `{metrics.get('config_hash')}`, seed: {metrics.get('seed')} (pair sampling and keys)",
             f"- main variant: `{main}`; operating FMR for revocability / stolen key: {metrics.get('operating_fmr')}",
             "- counts: " + ", ".join(f"{k}={v}" for k, v in metrics.get("counts", {}).items())]
@@ -557,7 +557,7 @@ def write_report(out_dir, metrics: dict, scores: ScoreSet, grid_rows: list[dict]
         md += ["## Configuration", "", "```json", json.dumps(config, indent=1, default=str), "```", ""]
     paths["md"].write_text("\n".join(md))
 
-    body = [f"<h1>FaceAnonyMixer evaluation report</h1><ul>"]
+    body = ["<h1>FaceAnonyMixer evaluation report</h1><ul>"]
     body += [f"<li>{html.escape(line[2:])}</li>" for line in head[2:]] + ["</ul>"]
     for title, header, rows in tabs:
         body += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows) if rows else "<p><i>not measured</i></p>"]

@@ -39,7 +39,6 @@ import time
 import traceback
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -58,15 +57,13 @@ from ...registry import MODELS, locate
 from ...tensors import to_uint8
 from ...train.sampling import generate
 from ...train.grid import make_grid, save_grid
-from ..dataset import DATA_ENV, data_root
 from ..embeddings import embed_crops, embed_ffhq
 from ..metrics import frechet_distance, psnr, ssim
 from .generation import PSI, fmt_range, mix, parse_ranges, save_image, seed_ws, style_mixing_grid, synth
 from .landmarks import DETECT_SIDE, detect_batch, pose_change
-from .markdown import markdown, one_line
+from .markdown import markdown
 from .real_faces import load_real_sets
 
-HELP = "measure the embedded generator/encoder (detection, style mixing, FD-dlib, inversion) -> JSON + Markdown"
 log = logging.getLogger(__name__)
 
 GRID_SEEDS = list(range(64))
@@ -80,27 +77,6 @@ DEFAULT_MIX = "1-6,1-5,1-3,3-7"
 # ----------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------
-def add_arguments(p):
-    p.add_argument("--generator", default="fam-stylegan2-64", help="registry name or generator file")
-    p.add_argument("--encoder", default="fam-e4e-64", help="registry name or encoder weights file")
-    p.add_argument("--data", default=None,
-                   help="identity folders <root>/<person>/<images>; only held-out ('val') people are used "
-                        f"(default: ${DATA_ENV}/images)")
-    p.add_argument("--n-samples", type=int, default=256, help="generator samples for the metrics (default 256)")
-    p.add_argument("--n-real", type=int, default=256, help="real faces per real set (default 256)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0,
-                   help="first sample seed and the seed of the real-photo selection (default 0)")
-    p.add_argument("--mix-layers", default=DEFAULT_MIX,
-                   help=f"comma list of inclusive W+ ranges tried as the identity band (default {DEFAULT_MIX})")
-    p.add_argument("--refine-steps", type=int, default=0,
-                   help="also measure encoder + N steps of the pipeline's latent refinement (0 = skip; paper: 150)")
-    p.add_argument("--refine-n", type=int, default=32, help="real faces (the first of set A) for the refinement rows")
-    p.add_argument("--refine-lr", type=float, default=None, help="refinement Adam lr (default: the pipeline's)")
-    p.add_argument("--device", default="cpu", help="torch device for the generator/encoder/SFace (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch and OpenCV (0 = leave as is)")
-
-
 def command_line(args) -> str:
     """The exact command that reproduces this report (every option spelled out)."""
     parts = ["faceanonymixer", "model-report", "--generator", str(args.generator), "--encoder", str(args.encoder),
@@ -520,23 +496,4 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
-def run(args) -> int:
-    args.data = data_root(args.data)   # --data, else $FACEANONYMIXER_LFW, else an error naming both
-    saved = torch.get_num_threads(), cv2.getNumThreads()
-    if getattr(args, "threads", 0):
-        torch.set_num_threads(int(args.threads))
-        cv2.setNumThreads(int(args.threads))
-    try:
-        rep = Report(args)
-        data = rep.run()
-    finally:  # a caller in the same process (tests, notebooks) keeps its own settings
-        torch.set_num_threads(saved[0])
-        cv2.setNumThreads(saved[1])
-    print(f"wrote {rep.out / 'model_report.json'} and model_report.md")
-    for k, v in data["sections"].items():
-        if v.get("status") != "ok":
-            print(f"  {k}: {v['status']}: {one_line(v['reason'])}")
-    return 1 if rep.errors else 0
-
-
-__all__ = ["HELP", "add_arguments", "run", "metric", "Report"]
+__all__ = ["metric", "Report", "command_line", "DEFAULT_MIX"]
