@@ -8,7 +8,7 @@ import sys
 import torch
 
 
-def tiny_protector(steps: int = 1, batch_people: int = 16):
+def tiny_protector(steps: int = 1, batch_people: int = 16, augment_copies: int = 1):
     from faceanonymixer.models.e4e import E4EInverter, Encoder4Editing
     from faceanonymixer.models.stylegan2 import Generator
     from faceanonymixer.pipeline import ProtectConfig, Protector
@@ -19,9 +19,22 @@ def tiny_protector(steps: int = 1, batch_people: int = 16):
                           style_dim=32, style_hidden=16, stem_channels=8).eval()
     cfg = ProtectConfig()
     cfg.optim.steps = steps
-    cfg.optim.augment_copies = 1
+    cfg.optim.augment_copies = augment_copies
     cfg.batch_people = batch_people
     return Protector(cfg, generator=G, inverter=E4EInverter(enc, G.latent_avg))
+
+
+def run_cli(argv, protector=None):
+    """The real CLI in-process with ``protector`` injected; a user error prints 'error: ...' and returns 2."""
+    from faceanonymixer import cli
+    from faceanonymixer.errors import FaceAnonyMixerError
+    args = cli.build_parser().parse_args(argv)
+    args.protector = protector
+    try:
+        return args._run(args)
+    except FaceAnonyMixerError as e:
+        print(f"error: {e}")
+        return 2
 
 
 def main(argv: list[str]) -> int:

@@ -6,14 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from _tiny import tiny_protector
 from PIL import Image
 
 from faceanonymixer.keys import Key
 from faceanonymixer.mixing import mix
-from faceanonymixer.models.e4e import E4EInverter, Encoder4Editing
-from faceanonymixer.models.stylegan2 import Generator
+from faceanonymixer.models.e4e import E4EInverter
 from faceanonymixer.optimize import augment, single_image_group
-from faceanonymixer.pipeline import ProtectConfig, Protector, save_person, to_uint8
+from faceanonymixer.pipeline import Protector, save_person, to_uint8
 from faceanonymixer.registry import data_dir
 
 SAMPLES = data_dir() / "samples"
@@ -22,15 +22,7 @@ SECRET = bytes(range(100, 132))
 
 @pytest.fixture(scope="module")
 def protector():
-    torch.manual_seed(0)
-    G = Generator(resolution=32, z_dim=32, w_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 8, 32: 8}).eval()
-    G.compute_latent_avg(500)
-    enc = Encoder4Editing(n_styles=G.num_ws, input_size=32, units=(1, 1, 1, 1), channels=(8, 8, 16, 16),
-                          style_dim=32, style_hidden=16, stem_channels=8).eval()
-    cfg = ProtectConfig()
-    cfg.optim.steps = 1
-    cfg.optim.augment_copies = 2
-    return Protector(cfg, generator=G, inverter=E4EInverter(enc, G.latent_avg))
+    return tiny_protector(steps=1, augment_copies=2)
 
 
 def test_augment_is_seeded_and_mild():

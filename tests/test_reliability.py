@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _tiny import tiny_protector
+from _tiny import run_cli, tiny_protector
 from faceanonymixer import cli
-from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.gallery import Gallery, GalleryError
 from faceanonymixer.keys import Key, write_key_file
 from faceanonymixer.registry import data_dir
@@ -34,14 +33,7 @@ def tiny():
     return tiny_protector()
 
 
-def run(argv, protector=None, capsys=None):
-    args = cli.build_parser().parse_args(argv)
-    args.protector = protector
-    try:
-        return args._run(args)
-    except FaceAnonyMixerError as e:
-        print(f"error: {e}")
-        return 2
+run = run_cli
 
 
 def people_dir(root: Path, layout: dict[str, list[str]]) -> Path:

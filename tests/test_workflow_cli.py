@@ -9,15 +9,11 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
+from _tiny import run_cli, tiny_protector
 
-from faceanonymixer import cli
 from faceanonymixer.errors import FaceAnonyMixerError
 from faceanonymixer.gallery import Gallery
 from faceanonymixer.keys import Key, write_key_file
-from faceanonymixer.models.e4e import E4EInverter, Encoder4Editing
-from faceanonymixer.models.stylegan2 import Generator
-from faceanonymixer.pipeline import ProtectConfig, Protector
 from faceanonymixer.registry import data_dir
 
 SAMPLES = data_dir() / "samples"
@@ -25,25 +21,10 @@ SAMPLES = data_dir() / "samples"
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    G = Generator(resolution=32, z_dim=32, w_dim=32, n_mlp=2, channels={4: 16, 8: 16, 16: 8, 32: 8}).eval()
-    G.compute_latent_avg(500)
-    enc = Encoder4Editing(n_styles=G.num_ws, input_size=32, units=(1, 1, 1, 1), channels=(8, 8, 16, 16),
-                          style_dim=32, style_hidden=16, stem_channels=8).eval()
-    cfg = ProtectConfig()
-    cfg.optim.steps = 1
-    cfg.optim.augment_copies = 1
-    return Protector(cfg, generator=G, inverter=E4EInverter(enc, G.latent_avg))
+    return tiny_protector()
 
 
-def run(argv, protector=None):
-    args = cli.build_parser().parse_args(argv)
-    args.protector = protector
-    try:
-        return args._run(args)
-    except FaceAnonyMixerError as e:
-        print(f"error: {e}")
-        return 2
+run = run_cli
 
 
 def test_protect_cli_continues_past_bad_items(tiny, tmp_path, capsys):
