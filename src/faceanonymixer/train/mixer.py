@@ -216,9 +216,13 @@ class MixerTrainer:
         return mixer_losses(self.cfg.loss, e_p, e_r, pid.repeat(K).to(self.device), kidx.to(self.device),
                             f_p, f_r, d, band, w_pseudo if band is not None else None)
 
-    def train_step(self) -> dict:
-        idx, pid = self.batch()
-        kc = self._key_codes(random_keys(self.cfg.keys, self.rng))
+    def train_step(self, fixed: tuple | None = None) -> dict:
+        """One Adam step on a fresh batch and fresh keys (``fixed`` = (idx, pid, KeyCodes): that batch instead)."""
+        if fixed is None:
+            idx, pid = self.batch()
+            kc = self._key_codes(random_keys(self.cfg.keys, self.rng))
+        else:
+            idx, pid, kc = fixed
         self.M.train()
         loss = self.losses(idx, pid, kc)
         self.opt.zero_grad(set_to_none=True)
