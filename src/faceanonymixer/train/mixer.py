@@ -47,6 +47,8 @@ class MixerTrainConfig:
     photos: int = 2                                  # J photos per person (people with fewer are skipped)
     keys: int = 2                                    # K fresh random keys per step, shared by all its people
     lr: float = 1e-3                                 # Adam lr
+    alpha_lr: float = 1e-2                           # Adam lr of log(alpha), the key/person balance (one scalar:
+                                                     # at the net's lr it would take thousands of steps to move)
     loss: MixerLossConfig = field(default_factory=MixerLossConfig)
     total_steps: int = 1_000_000                     # stop after this many steps ...
     max_minutes: float | None = None                 # ... or this many minutes of this run
@@ -100,7 +102,9 @@ class MixerTrainer:
         self.M = Mixer(num_ws=self.G.num_ws, w_dim=self.G.w_dim, z_dim=self.G.z_dim,
                        band=list(self.plan.optimised_layers), emb_dim=int(id_net.dim), id_net=str(id_net.name),
                        **cfg.mixer).to(self.device)
-        self.opt = torch.optim.Adam(self.M.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+        rest = [p for n, p in self.M.named_parameters() if n != "log_alpha"]
+        self.opt = torch.optim.Adam([dict(params=rest), dict(params=[self.M.log_alpha], lr=cfg.alpha_lr)],
+                                    lr=cfg.lr, betas=(0.9, 0.99))
         self.rng = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.real, self.people = self._load_data(images, persons)
