@@ -12,7 +12,8 @@ Only the identity band (``MixPlan.optimised_layers``) is written; the other laye
 * ``R_key`` is a random orthogonal matrix derived from the key (HMAC label ``faceanonymixer/mixer-rotation/v1``):
   the same face gives an unrelated person term under every key (cross-key unlinkability), while two people under
   one key keep the distance ``f`` puts between them (the stolen-key case).
-* ``f`` (an MLP on the recogniser embedding ``e``) is the only learnt map of identity; it is key-independent.
+* ``f`` (a semi-orthogonal linear map plus an MLP, on the recogniser embedding ``e``) is the only learnt map of
+  identity; it is key-independent.
   Routing the term through the mapping network keeps the band where the generator makes faces (a free W-space
   offset head learnt to leave the face manifold, issue 18).
 * The mapping net starts with PixelNorm, so only the direction of ``z`` matters: ``alpha`` sets the balance
@@ -127,12 +128,20 @@ class Mixer(nn.Module):
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.hidden, self.depth, self.id_net, self.use_carry = int(hidden), int(depth), str(id_net), bool(carry)
         self.alpha_init = float(alpha)
+        # f(e) = skip(e) + mlp(e): the skip is semi-orthogonal (it keeps the recogniser's cosines: different people
+        # ~0.1, same person ~0.6 in SFace) and the MLP's last layer starts at zero, so a new mixer starts from the
+        # embedding's own geometry. (A plain MLP with biases starts with every person at nearly one direction:
+        # same-key pairs then share a pseudo-identity, SFace cos 0.75, measured.)
+        self.skip = nn.Linear(self.emb_dim, self.z_dim, bias=False)
+        nn.init.orthogonal_(self.skip.weight)
         layers: list[nn.Module] = []
         d_in = self.emb_dim
         for _ in range(depth - 1):
             layers += [nn.Linear(d_in, hidden), nn.LeakyReLU(0.2)]
             d_in = hidden
         layers.append(nn.Linear(d_in, self.z_dim))
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
         self.f = nn.Sequential(*layers)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(max(alpha, 1e-6))))
         self.carry = nn.Parameter(torch.zeros(len(self.band))) if carry else None
@@ -150,7 +159,7 @@ class Mixer(nn.Module):
         """e[N,E] (unit norm), rot[N,Z,Z] -> the person term [N,Z] (norm alpha * sqrt(Z))."""
         assert e.dim() == 2 and e.shape[1] == self.emb_dim, f"e must be [N,{self.emb_dim}], got {tuple(e.shape)}"
         assert rot.shape == (e.shape[0], self.z_dim, self.z_dim), tuple(rot.shape)
-        u = F.normalize(self.f(e), dim=1)
+        u = F.normalize(self.skip(e) + self.f(e), dim=1)
         return self.alpha * math.sqrt(self.z_dim) * torch.bmm(rot, u.unsqueeze(2)).squeeze(2)
 
     def pseudo_w(self, e: torch.Tensor, key: KeyCodes, generator, psi: float) -> torch.Tensor:
