@@ -188,3 +188,23 @@ def test_train_config_loads_and_rejects_unknown_keys(tmp_path):
     from faceanonymixer import cli
     args = cli.build_parser().parse_args(["train", "mixer", "--minutes", "1"])
     assert args.what == "mixer"
+
+
+def test_loss_masks_and_contrast_scope():
+    from faceanonymixer.train.mixer_loss import MixerLossConfig, mixer_losses, pair_masks, supcon
+    person = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    key = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    m = pair_masks(person, key)
+    assert m["pos"].sum() == 8 and m["same_key"].sum() == 16 and m["cross_key"].sum() == 16
+    assert not (m["pos"] & m["same_key"]).any() and not m["pos"].diagonal().any()
+    # classes placed apart: the loss is low; people of one key on one point: high; scope 'key' ignores other keys
+    g = torch.Generator().manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(4, 16, generator=g), dim=1)
+    good = centres[person * 2 + key]
+    bad = torch.nn.functional.normalize(centres[key] + 0.01 * torch.randn(8, 16, generator=g), dim=1)
+    scope = key[:, None] == key[None, :]
+    assert supcon(good, m["pos"], 0.1, scope) < 0.01 < supcon(bad, m["pos"], 0.1, scope)
+    out = mixer_losses(MixerLossConfig(), good, -good, person, key)
+    assert out["anon"] == 0 and out["same_key"] >= 0 and torch.isfinite(out["total"])
+    with pytest.raises(ValueError, match="contrast_scope"):
+        mixer_losses(MixerLossConfig(contrast_scope="nope"), good, good, person, key)
