@@ -155,11 +155,15 @@ class Mixer(nn.Module):
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()
 
+    def person_dir(self, e: torch.Tensor) -> torch.Tensor:
+        """e[N,E] (unit norm) -> the key-independent person direction u[N,Z] (unit norm), before the rotation."""
+        assert e.dim() == 2 and e.shape[1] == self.emb_dim, f"e must be [N,{self.emb_dim}], got {tuple(e.shape)}"
+        return F.normalize(self.skip(e) + self.f(e), dim=1)
+
     def person_z(self, e: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
         """e[N,E] (unit norm), rot[N,Z,Z] -> the person term [N,Z] (norm alpha * sqrt(Z))."""
-        assert e.dim() == 2 and e.shape[1] == self.emb_dim, f"e must be [N,{self.emb_dim}], got {tuple(e.shape)}"
         assert rot.shape == (e.shape[0], self.z_dim, self.z_dim), tuple(rot.shape)
-        u = F.normalize(self.skip(e) + self.f(e), dim=1)
+        u = self.person_dir(e)
         return self.alpha * math.sqrt(self.z_dim) * torch.bmm(rot, u.unsqueeze(2)).squeeze(2)
 
     def pseudo_w(self, e: torch.Tensor, key: KeyCodes, generator, psi: float) -> torch.Tensor:

@@ -185,20 +185,21 @@ class MixerTrainer:
     def _key_codes(self, keys) -> KeyCodes:
         return KeyCodes.cat([key_codes(k, self.G, self.cfg.key_context, self.psi) for k in keys]).to(self.device)
 
-    def batch(self):
+    def batch(self, people: int | None = None, photos: int | None = None):
         """(image indices [P*J], person ids [P*J]) of the step's photos, from self.rng."""
         cfg = self.cfg
-        sel = torch.randperm(len(self.people), generator=self.rng)[:cfg.people].tolist()
+        sel = torch.randperm(len(self.people), generator=self.rng)[:people or cfg.people].tolist()
         idx, pid = [], []
         for p in sel:
             imgs = self.people[p]
-            pick = torch.randperm(len(imgs), generator=self.rng)[:cfg.photos].tolist()
+            pick = torch.randperm(len(imgs), generator=self.rng)[:photos or cfg.photos].tolist()
             idx += [imgs[j] for j in pick]
             pid += [p] * len(pick)
         return torch.tensor(idx), torch.tensor(pid)
 
-    def losses(self, idx: torch.Tensor, pid: torch.Tensor, kc: KeyCodes) -> dict:
-        """Protect every photo ``idx`` under every key of ``kc`` ([K]) and score the result."""
+    def losses(self, idx: torch.Tensor, pid: torch.Tensor, kc: KeyCodes, aux: tuple | None = None) -> dict:
+        """Protect every photo ``idx`` under every key of ``kc`` ([K]) and score the result; ``aux`` = (indices,
+        person ids) of the cached-embedding batch of the ``embed`` term (None: no term)."""
         K, n = len(kc), idx.shape[0]
         ws_real = self.cache["codes"][idx].float().to(self.device).repeat(K, 1, 1)
         e_r = self.cache["emb"][idx].to(self.device).repeat(K, 1)
@@ -217,18 +218,25 @@ class MixerTrainer:
             e_p = self.id_net.embed_ffhq(y)
         d = self.D(y) if self.D is not None and self.cfg.loss.w_adv > 0 else None
         band = ws[:, self.M.band] if self.M.carry is not None else None
+        u_aux = pid_aux = None
+        if aux is not None and self.cfg.loss.w_embed > 0:
+            u_aux = self.M.person_dir(self.cache["emb"][aux[0]].to(self.device))
+            pid_aux = aux[1].to(self.device)
         return mixer_losses(self.cfg.loss, e_p, e_r, pid.repeat(K).to(self.device), kidx.to(self.device),
-                            f_p, f_r, d, band, w_pseudo if band is not None else None)
+                            f_p, f_r, d, band, w_pseudo if band is not None else None, u_aux, pid_aux)
 
     def train_step(self, fixed: tuple | None = None) -> dict:
         """One Adam step on a fresh batch and fresh keys (``fixed`` = (idx, pid, KeyCodes): that batch instead)."""
+        aux = None
         if fixed is None:
             idx, pid = self.batch()
             kc = self._key_codes(random_keys(self.cfg.keys, self.rng))
+            if self.cfg.loss.w_embed > 0:
+                aux = self.batch(self.cfg.loss.embed_people, 2)
         else:
             idx, pid, kc = fixed
         self.M.train()
-        loss = self.losses(idx, pid, kc)
+        loss = self.losses(idx, pid, kc, aux)
         self.opt.zero_grad(set_to_none=True)
         loss["total"].backward()
         self.opt.step()
