@@ -1,6 +1,8 @@
 """The feed-forward mixer (issue 18) with tiny random models: shapes, band-only edits, the naive mix at alpha 0,
 the key rotation, weights round trip, protection through a Protector, and the trainer (loss goes down, resume
-is exact). The real SFace recogniser is the loss net (a registry package, no ../shared needed)."""
+is exact). A tiny random conv net behind the Recogniser API stands in for the loss net (SFace costs ~0.2 s per
+face and step on this CPU); one step runs with the real SFace and its attribute term (a registry package, no
+../shared needed)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,14 +13,41 @@ from faceanonymixer import mixer as mx
 from faceanonymixer.config import ConfigError, load
 from faceanonymixer.errors import CheckpointFormatError, FaceAnonyMixerError
 from faceanonymixer.fr import get_recogniser
+from faceanonymixer.fr.base import Recogniser
 from faceanonymixer.keys import Key, key_psi, key_wplus
 from faceanonymixer.mixing import make_plan, mix
 from faceanonymixer.models.e4e import E4EInverter, Encoder4Editing
 from faceanonymixer.models.stylegan2 import Discriminator, Generator
 from faceanonymixer.pipeline import ProtectConfig, Protector
 from faceanonymixer.train.mixer import MixerTrainConfig, MixerTrainer, export_checkpoint
+from faceanonymixer.train.mixer_loss import MixerLossConfig
 
 R = 32
+
+
+class TinyRecogniser(Recogniser):
+    """A small random conv net with the Recogniser API (112x112 ArcFace crops -> 128-D, differentiable)."""
+    name, dim, differentiable, white_box = "tiny", 128, True, True
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(11)
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, 4), torch.nn.LeakyReLU(0.2),
+                                       torch.nn.Conv2d(8, 16, 4, 4), torch.nn.LeakyReLU(0.2),
+                                       torch.nn.Flatten(), torch.nn.Linear(16 * 7 * 7, 128))
+        self.requires_grad_(False)
+
+    def _embed(self, faces):
+        return self.net(faces)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster than two (no sync cost) and steady when the cores are busy."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +59,7 @@ def models():
                           style_dim=32, style_hidden=16, stem_channels=8).eval()
     D = Discriminator(resolution=R, channels={4: 16, 8: 16, 16: 8, 32: 8}).eval()
     inv = E4EInverter(enc, G.latent_avg).eval()
-    return G.requires_grad_(False), inv.requires_grad_(False), D.requires_grad_(False), get_recogniser("sface")
+    return G.requires_grad_(False), inv.requires_grad_(False), D.requires_grad_(False), TinyRecogniser().eval()
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +77,7 @@ def people(models):
 def make_mixer(G, plan, **kw):
     torch.manual_seed(3)
     return mx.Mixer(num_ws=G.num_ws, w_dim=G.w_dim, z_dim=G.z_dim, band=list(plan.optimised_layers), emb_dim=128,
-                    hidden=32, depth=2, **kw)
+                    hidden=32, depth=2, id_net="tiny", **kw)
 
 
 def codes(G, keys):
@@ -118,9 +147,10 @@ def test_export_load_round_trip_is_bit_identical(models, tmp_path):
 
 
 def test_protect_batch_with_a_protector(models, people):
-    G, inv, _, sface = models
+    G, inv, _, rec = models
     cfg = ProtectConfig()
-    prot = Protector(cfg, generator=G, inverter=inv, id_net=sface)
+    cfg.loss.attr_net = "none"
+    prot = Protector(cfg, generator=G, inverter=inv, id_net=rec)
     m = make_mixer(G, prot.plan).eval()
     x = torch.from_numpy(people[0][:3]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
     k1, k2 = Key(b"\x07" * 32), Key(b"\x08" * 32)
@@ -136,38 +166,46 @@ def test_protect_batch_with_a_protector(models, people):
             mx.protect_batch(wrong, prot, x, k1)
 
 
-def trainer(models, people, out, **kw):
-    G, inv, D, sface = models
-    cfg = MixerTrainConfig(out=str(out), people=2, photos=2, keys=2, device="cpu", sample_steps=0, lr=3e-3,
+def trainer(models, data, out, id_net=None, **kw):
+    G, inv, D, rec = models
+    kw.setdefault("loss", MixerLossConfig(w_attr=0.0 if id_net is None else 0.005))
+    cfg = MixerTrainConfig(out=str(out), device="cpu", sample_steps=0, lr=3e-3,
                            mixer=dict(hidden=32, depth=2, alpha=1.0, carry=True), **kw)
-    return MixerTrainer(cfg, images=people[0], persons=people[1], generator=G, inverter=inv, id_net=sface,
+    return MixerTrainer(cfg, images=data[0], persons=data[1], generator=G, inverter=inv, id_net=id_net or rec,
                         discriminator=D)
 
 
 def test_training_steps_lower_the_loss_on_a_batch(models, people, tmp_path):
-    t = trainer(models, people, tmp_path / "run")
+    t = trainer(models, people, tmp_path / "run", people=3, photos=2, keys=2)
     idx, pid = t.batch()
     kc = t._key_codes(mx.random_keys(2, torch.Generator().manual_seed(5)))
     with torch.no_grad():
         before = float(t.losses(idx, pid, kc)["total"])
-    for _ in range(8):
+    for _ in range(10):
         t.train_step((idx, pid, kc))
     with torch.no_grad():
         after = float(t.losses(idx, pid, kc)["total"])
     assert after < before - 0.05, (before, after)
     stats = t.train_step()                               # a fresh batch runs and reports every term
-    assert {"contrast", "same_key", "cross_key", "anon", "attr", "adv", "prior", "alpha"} <= set(stats)
+    assert {"contrast", "same_key", "cross_key", "anon", "embed", "adv", "prior", "alpha"} <= set(stats)
+    assert stats["embed"] > 0 and stats["adv"] > 0
+
+
+def test_one_step_with_sface_and_the_attribute_term(models, people, tmp_path):
+    t = trainer(models, people, tmp_path / "run", id_net=get_recogniser("sface"), people=2, photos=2, keys=1)
+    stats = t.train_step()
+    assert stats["attr"] > 0 and np.isfinite(stats["total"]) and t.M.id_net == "sface"
 
 
 def test_resume_restores_exactly_and_export(models, people, tmp_path):
     out = tmp_path / "run"
-    a = trainer(models, people, out)
+    a = trainer(models, people, out, people=3, photos=2, keys=2)
     for _ in range(2):
         a.train_step()
     a.save_checkpoint()
     for _ in range(2):
         a.train_step()
-    b = trainer(models, people, out)
+    b = trainer(models, people, out, people=3, photos=2, keys=2)
     assert b.step == 2
     for _ in range(2):
         b.train_step()
