@@ -32,7 +32,9 @@ def person_keys(name: str, seed: int):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mixer", action="append", default=[], help="mixer weights (.safetensors); repeatable")
-    ap.add_argument("--untrained", action="store_true", help="also an untrained mixer (alpha 1, random f)")
+    ap.add_argument("--untrained", type=float, metavar="ALPHA",
+                    help="also an untrained mixer at this alpha (f = its semi-orthogonal start, seed 0)")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the real photos and the naive mix")
     ap.add_argument("--data", default="../shared/data/lfw/images")
     ap.add_argument("--cache", default="runs/data")
     ap.add_argument("--people", type=int, default=50)
@@ -65,12 +67,13 @@ def main(argv=None) -> int:
     def tensor(idx):
         return torch.from_numpy(images[idx]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
-    engines: dict[str, object] = {"naive": None}
+    engines: dict[str, object] = {} if a.no_baselines else {"naive": None}
     for path in a.mixer:
         engines[f"mixer:{path}"] = mx.load_mixer(path)
-    if a.untrained:
+    if a.untrained is not None:
         torch.manual_seed(0)
-        engines["mixer:untrained"] = mx.Mixer(G.num_ws, G.w_dim, G.z_dim, list(prot.plan.optimised_layers)).eval()
+        engines[f"mixer:untrained-alpha{a.untrained:g}"] = mx.Mixer(
+            G.num_ws, G.w_dim, G.z_dim, list(prot.plan.optimised_layers), alpha=a.untrained).eval()
 
     def protect(engine, x, key):                     # x [1,3,R,R]: one image, protected alone
         if engine is None:
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
 
     # real photos
     emb_real = {n: embed(tensor(photos[n])) for n in names}
-    for name, engine in [("real", "real")] + list(engines.items()):
+    for name, engine in ([] if a.no_baselines else [("real", "real")]) + list(engines.items()):
         t0 = time.time()
         own, cross, stolen = {}, {}, {}
         for pi, n in enumerate(names):
