@@ -220,9 +220,12 @@ def check_fits(mixer: Mixer, protector) -> None:
     if (G.num_ws, G.w_dim, G.z_dim) != (mixer.num_ws, mixer.w_dim, mixer.z_dim):
         raise FaceAnonyMixerError(f"the mixer was trained for a generator with {mixer.num_ws}x{mixer.w_dim} W+ codes "
                                   f"and z_dim {mixer.z_dim}; this generator has {G.num_ws}x{G.w_dim}, z_dim {G.z_dim}")
-    if list(plan.optimised_layers) != mixer.band:
-        raise FaceAnonyMixerError(f"the mixer writes W+ layers {mixer.band} but the protector's identity band is "
-                                  f"{list(plan.optimised_layers)}; use the mixing config the mixer was trained with")
+    key_only = [i for i in plan.key_layers if i not in plan.optimised_layers]
+    if list(plan.optimised_layers) != mixer.band or key_only != mixer.key_layers:
+        raise FaceAnonyMixerError(f"the mixer writes W+ layers {mixer.band} (key layers {mixer.key_layers}) but the "
+                                  f"protector's identity band is {list(plan.optimised_layers)} (key layers "
+                                  f"{key_only}, assignment '{plan.assignment}'); use the mixing config the mixer "
+                                  "was trained with")
 
 
 def embed_for_mixer(mixer: Mixer, protector, x: torch.Tensor) -> torch.Tensor:
