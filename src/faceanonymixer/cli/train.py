@@ -1,4 +1,4 @@
-"""``faceanonymixer train {generator,encoder}``: train (or resume) our embedded models, then export them."""
+"""``faceanonymixer train {generator,encoder,mixer}``: train (or resume) our embedded models, then export them."""
 from __future__ import annotations
 
 import logging
@@ -7,16 +7,16 @@ from .. import config as config_mod
 from ..train.encoder import EncoderTrainConfig, EncoderTrainer, export_encoder
 from ..train.gan import GeneratorTrainConfig, GeneratorTrainer, export_generator
 
-HELP = "train our embedded StyleGAN2 generator or its encoder (resumable; CPU or CUDA)"
+HELP = "train our embedded StyleGAN2 generator, its encoder or the feed-forward mixer (resumable; CPU or CUDA)"
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p):
-    p.add_argument("what", choices=["generator", "encoder"], help="which model to train")
-    p.add_argument("--config", help="YAML config (configs/train_generator.yaml or configs/train_encoder.yaml)")
+    p.add_argument("what", choices=["generator", "encoder", "mixer"], help="which model to train")
+    p.add_argument("--config", help="YAML config (configs/train_generator.yaml, train_encoder.yaml or train_mixer.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint is written)")
-    p.add_argument("--export", metavar="PATH", help="after training, export the EMA weights as safetensors+JSON")
+    p.add_argument("--export", metavar="PATH", help="after training, export the weights (generator: EMA) as safetensors+JSON")
 
 
 def run(args) -> int:
@@ -30,6 +30,14 @@ def run(args) -> int:
         if args.export:
             export_generator(trainer.out / "checkpoint.pt", args.export)
             print(f"exported generator to {args.export}")
+    elif args.what == "mixer":
+        from .mixer import MixerTrainConfig, MixerTrainer, export_checkpoint
+        cfg = config_mod.load(MixerTrainConfig, args.config, overrides)
+        trainer = MixerTrainer(cfg)
+        trainer.run()
+        if args.export:
+            export_checkpoint(trainer.out / "checkpoint.pt", args.export)
+            print(f"exported mixer to {args.export}")
     else:
         cfg = config_mod.load(EncoderTrainConfig, args.config, overrides)
         trainer = EncoderTrainer(cfg)
