@@ -6,6 +6,7 @@ import logging
 from .. import config as config_mod
 from ..train.encoder import EncoderTrainConfig, EncoderTrainer, export_encoder
 from ..train.gan import GeneratorTrainConfig, GeneratorTrainer, export_generator
+from ..train.mixer import MixerTrainConfig, MixerTrainer, export_checkpoint
 
 HELP = "train our embedded StyleGAN2 generator, its encoder or the feed-forward mixer (resumable; CPU or CUDA)"
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ def run(args) -> int:
             export_generator(trainer.out / "checkpoint.pt", args.export)
             print(f"exported generator to {args.export}")
     elif args.what == "mixer":
-        from .mixer import MixerTrainConfig, MixerTrainer, export_checkpoint
         cfg = config_mod.load(MixerTrainConfig, args.config, overrides)
         trainer = MixerTrainer(cfg)
         trainer.run()

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..mixer import KeyCodes, Mixer, export_mixer, key_codes, random_keys
+from .data import load_aligned, prepare_aligned, resolve_data
 from .gan import _stop_on_sigterm, resolve_device
 from .mixer_loss import MixerLossConfig, mixer_losses
 
@@ -36,7 +37,7 @@ class MixerTrainConfig:
     id_net: str = "sface"                            # loss recogniser: the mixer's input e and the loss embeddings
     discriminator: str | None = "training/fam_stylegan2_64_resume.safetensors"  # the generator's own D (keys D.*);
                                                      # None: no adversarial term
-    data: str = "../shared/data/lfw/images"          # identity folders; only 'train' people are used
+    data: str | None = None                          # identity folders (only 'train' people are used); None = $FACEANONYMIXER_LFW/images
     cache: str = "runs/data"                         # aligned-image cache (shared with the other trainers)
     out: str = "runs/mixer"                          # checkpoints, samples, log, frozen cache
     identity_layers: list[int] | None = None         # band the mixer writes; None = the generator's (make_plan)
@@ -117,8 +118,8 @@ class MixerTrainer:
     # -- data --------------------------------------------------------------------------------------------
     def _load_data(self, images, persons):
         if images is None:
-            from .data import load_aligned, prepare_aligned
-            path = prepare_aligned(self.cfg.data, self.cfg.cache, self.G.resolution, "train", self.cfg.max_images)
+            path = prepare_aligned(resolve_data(self.cfg.data), self.cfg.cache, self.G.resolution, "train",
+                                   self.cfg.max_images)
             images, persons = load_aligned(path)
         R = self.G.resolution
         assert images.ndim == 4 and images.shape[1:] == (R, R, 3), images.shape

@@ -10,7 +10,7 @@ Scores are cosines of an evaluation recogniser that is in no loss (default dlib-
 * stolen key: the first photo of another person q protected under k1_p, against every photo of p under k1_p;
 * cross key: every photo of p under k1_p against every other photo of p under k2_p (k1-vs-k2 mated).
 
-    PYTHONPATH=src python scripts/mixer_probe.py --mixer runs/mixer/fam_mixer_64.safetensors --people 50
+    PYTHONPATH=src python lab/probes/mixer_probe.py --mixer runs/mixer/fam_mixer_64.safetensors --people 50
 
 Keys are derived from --seed and the person's name (reproducible); no image or key is written."""
 from __future__ import annotations
