@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mixer", action="append", default=[], help="mixer weights (.safetensors); repeatable")
     ap.add_argument("--untrained", type=float, metavar="ALPHA",
                     help="also an untrained mixer at this alpha (f = its semi-orthogonal start, seed 0)")
+    ap.add_argument("--alpha", type=float, action="append", default=[],
+                    help="also each --mixer with its alpha set to this value (a trade-off sweep); repeatable")
     ap.add_argument("--no-baselines", action="store_true", help="skip the real photos and the naive mix")
     ap.add_argument("--data", default="../shared/data/lfw/images")
     ap.add_argument("--cache", default="runs/data")
@@ -70,6 +72,11 @@ def main(argv=None) -> int:
     engines: dict[str, object] = {} if a.no_baselines else {"naive": None}
     for path in a.mixer:
         engines[f"mixer:{path}"] = mx.load_mixer(path)
+        for al in a.alpha:
+            m = mx.load_mixer(path)
+            with torch.no_grad():
+                m.log_alpha.fill_(float(np.log(al)))
+            engines[f"mixer:{path}@alpha{al:g}"] = m
     if a.untrained is not None:
         torch.manual_seed(0)
         engines[f"mixer:untrained-alpha{a.untrained:g}"] = mx.Mixer(
