@@ -11,7 +11,6 @@ the embeddings of the real photos are then computed once and cached in the outpu
 flipped in this mode: the cache holds the unflipped codes)."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -32,6 +31,7 @@ from ..models.io import load_state, save_model
 from ..models.loading import load_generator
 from ..registry import locate
 from ..tensors import from_uint8
+from .checkpoint import config_snapshot, write_checkpoint
 from .data import load_aligned, prepare_aligned, resolve_data
 from .gan import _stop_on_sigterm, resolve_device
 from .grid import save_grid
@@ -255,11 +255,10 @@ class EncoderTrainer:
                     id_head=self.head.state_dict() if self.head is not None else None,
                     id_head_config=self.head.config() if self.head is not None else None,
                     latent_avg=self.inv.latent_avg.cpu(),
-                    config=json.loads(json.dumps(dataclasses.asdict(self.cfg), default=list)))
+                    config=config_snapshot(self.cfg))
 
     def save_checkpoint(self) -> Path:
-        state = self.state()
-        return atomic_write(self.out / "checkpoint.pt", lambda f: torch.save(state, f))
+        return write_checkpoint(self.out, self.state())
 
     def _resume(self):
         path = self.out / "checkpoint.pt"

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..fileio import atomic_write
 from ..models.io import load_meta, load_state, save_model
 from ..models.loading import load_generator
 from ..models.stylegan2 import Discriminator, Generator
 from ..tensors import from_uint8
 from .augment import diff_augment
+from .checkpoint import config_snapshot, write_checkpoint
 from .data import load_aligned, prepare_aligned, resolve_data
 from .grid import save_grid
 from .identity_loss import IdentityLoss
@@ -255,12 +255,11 @@ class GeneratorTrainer:
                     opt_G=self.opt_G.state_dict(), opt_D=self.opt_D.state_dict(), step=self.step,
                     images_seen=self.images_seen, rng=self.rng.get_state(), torch_rng=torch.get_rng_state(),
                     cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                    config=json.loads(json.dumps(dataclasses.asdict(self.cfg), default=list)),
+                    config=config_snapshot(self.cfg),
                     history=self.history)
 
     def save_checkpoint(self) -> Path:
-        state = self.state()
-        return atomic_write(self.out / "checkpoint.pt", lambda f: torch.save(state, f))
+        return write_checkpoint(self.out, self.state())
 
     def _resume(self):
         path = self.out / "checkpoint.pt"

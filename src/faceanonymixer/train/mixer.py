@@ -11,7 +11,6 @@ Resumable (``checkpoint.pt`` with the mixer, Adam, step and every RNG; SIGTERM w
 exports our safetensors + JSON (``export``)."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from ..mixer import KeyCodes, Mixer, export_mixer, key_codes, random_keys
+from .checkpoint import config_snapshot, write_checkpoint
 from .data import load_aligned, prepare_aligned, resolve_data
 from .gan import _stop_on_sigterm, resolve_device
 from .mixer_loss import MixerLossConfig, mixer_losses
@@ -250,12 +250,10 @@ class MixerTrainer:
     def state(self) -> dict:
         return dict(M=self.M.state_dict(), opt=self.opt.state_dict(), step=self.step, rng=self.rng.get_state(),
                     torch_rng=torch.get_rng_state(), mixer_config=self.M.config(),
-                    config=json.loads(json.dumps(dataclasses.asdict(self.cfg), default=list)))
+                    config=config_snapshot(self.cfg))
 
     def save_checkpoint(self) -> Path:
-        from ..fileio import atomic_write
-        state = self.state()
-        return atomic_write(self.out / "checkpoint.pt", lambda f: torch.save(state, f))
+        return write_checkpoint(self.out, self.state())
 
     def _resume(self):
         path = self.out / "checkpoint.pt"
