@@ -1,5 +1,5 @@
-"""Training checkpoints shared by every trainer: one ``checkpoint.pt`` per run folder, written atomically, read
-with ``torch.load(weights_only=True)``; the config is stored as plain JSON-able data."""
+"""Training checkpoints shared by every trainer: one ``checkpoint.pt`` per run folder, written atomically (each
+trainer reads it back with ``torch.load(weights_only=True)``); the config is stored as plain JSON-able data."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +22,3 @@ def write_checkpoint(out: Path, state: dict) -> Path:
     """``out/checkpoint.pt`` atomically: a crash leaves the previous checkpoint, never half of a new one."""
     return atomic_write(Path(out) / NAME, lambda f: torch.save(state, f))
 
-
-def read_checkpoint(out: Path) -> dict | None:
-    """The run folder's checkpoint, or None when there is none yet."""
-    path = Path(out) / NAME
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
