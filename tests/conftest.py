@@ -17,6 +17,16 @@ LFW = SHARED / "data" / "lfw"
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models (faster than two, steady on busy cores); the suite's own
+    thread count is restored afterwards. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     if not (FIXTURES / "README.md").is_file():

@@ -17,14 +17,6 @@ from faceanonymixer.registry import candidates, get_spec
 FARL_FILE = get_spec("farl-vit-b16").filename
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def small(fixtures_dir):
     return load_fixture("clip_vit_small.pt")

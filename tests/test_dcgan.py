@@ -18,13 +18,7 @@ from faceanonymixer.models.dcgan import STATE_KEY, DCGANGenerator, load_dcgan
 N_PARAMS = 3_576_704  # weights.md 1.1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Keep CPU use small here without changing the thread count for the rest of the suite."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")   # keep CPU use small (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -41,13 +41,7 @@ class TinyRecogniser(Recogniser):
         return self.net(faces)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster than two (no sync cost) and steady when the cores are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: one thread (conftest)
 
 
 @pytest.fixture(scope="module")
