@@ -187,3 +187,31 @@ def test_evaluate_separate_sessions(tiny_data, tmp_path):
     from faceanonymixer.config import ConfigError
     with pytest.raises(ConfigError, match="sessions"):
         ev.load_config(CONFIG, over + ["sessions=both"])
+
+
+def test_evaluate_mixer_variant(tiny_data, tmp_path):
+    """The 'mixer' variant (engine 'mixer', weights from protect.models.mixer) beside 'naive', scored and cached;
+    without weights it is refused with a message naming the file."""
+    import numpy as np
+    from faceanonymixer import mixer as mx
+    from faceanonymixer.mixing import make_plan
+    models = _tiny_models()
+    g = models["generator"]
+    plan = make_plan(g.num_ws, ev.load_config(CONFIG, []).protect.mixing, 64, None)
+    torch.manual_seed(5)
+    m = mx.Mixer(g.num_ws, g.w_dim, g.z_dim, list(plan.optimised_layers), hidden=32, depth=2, alpha=2.0)
+    weights = mx.export_mixer(m, tmp_path / "mixer.safetensors")
+    over = [f"data={tiny_data}", "variants=[mixer,naive]", "main_variant=mixer", "recognisers=[sface]",
+            "attacks.names=[]", "threads=2", "n_impostor=1000", "grid_people=2", "split=null",
+            f"protect.models.mixer={weights}"]
+    r = ev.evaluate(ev.load_config(CONFIG, over + [f"out={tmp_path / 'r'}"]), models=models)
+    assert {"mixer", "naive"} <= set(r["variants"])
+    cache = tmp_path / "r" / "cache"
+    (cm,) = [p for p in cache.iterdir() if p.name.startswith("mixer_")]
+    (cn,) = [p for p in cache.iterdir() if p.name.startswith("naive_")]
+    a, b = np.load(cm / "Barack_Obama.k1.npz")["images"], np.load(cn / "Barack_Obama.k1.npz")["images"]
+    assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).max() > 10
+    with pytest.raises(FaceAnonyMixerError, match="nowhere.safetensors"):
+        ev.evaluate(ev.load_config(CONFIG, over + [f"out={tmp_path / 'x'}",
+                                                   f"protect.models.mixer={tmp_path / 'nowhere.safetensors'}"]),
+                    models=models)

@@ -240,3 +240,57 @@ def test_loss_masks_and_contrast_scope():
     assert out["anon"] == 0 and out["same_key"] >= 0 and torch.isfinite(out["total"])
     with pytest.raises(ValueError, match="contrast_scope"):
         mixer_losses(MixerLossConfig(contrast_scope="nope"), good, good, person, key)
+
+
+# -- protect.engine: mixer (pipeline.Protector) and the evaluation variant 'mixer' ----------------------------
+def test_engine_mixer_in_the_protector_matches_protect_batch(models, people, tmp_path):
+    G, inv, _, rec = models
+    cfg = ProtectConfig()
+    cfg.loss.attr_net = "none"
+    base = Protector(cfg, generator=G, inverter=inv, id_net=rec)
+    m = make_mixer(G, base.plan).eval()
+    with torch.no_grad():
+        m.f[-1].weight.normal_(0, 0.2)                               # not the zero start: f matters
+    path = mx.export_mixer(m, tmp_path / "mixer.safetensors")
+    cfg_m = ProtectConfig(engine="mixer")
+    cfg_m.loss.attr_net = "none"
+    cfg_m.models.mixer = str(path)
+    cfg_m.batch_people = 2
+    prot = Protector(cfg_m, generator=G, inverter=inv, id_net=rec)
+    x = torch.from_numpy(people[0][:9]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    keys = [Key(bytes([20 + i]) * 32) for i in range(3)]
+    br = prot.protect_people([[x[3 * p + j] for j in range(3)] for p in range(3)], keys, names=["a", "b", "c"])
+    assert not br.failures and [r.name for r in br.results] == ["a", "b", "c"]
+    want, _ = mx.protect_batch(m, base, x, [k for k in keys for _ in range(3)])
+    got = torch.cat([r.images for r in br.results])
+    assert torch.allclose(got, want, atol=1e-5)                      # batching changes nothing
+    assert br.results[1].key_fingerprint == keys[1].fingerprint
+    side = prot.sidecar(br.results[0], 0)
+    assert side["engine"] == "mixer" and side["models"]["mixer"]["sha256"]
+    assert "engine" not in base.sidecar(br.results[0], 0)
+    cfg_bad = ProtectConfig(engine="mixer")
+    cfg_bad.loss.attr_net = "none"
+    cfg_bad.models.mixer = str(tmp_path / "missing.safetensors")
+    with pytest.raises(FaceAnonyMixerError, match="missing.safetensors.*train mixer"):
+        Protector(cfg_bad, generator=G, inverter=inv, id_net=rec)
+    with pytest.raises(ConfigError, match="engine"):
+        Protector(ProtectConfig(engine="fast"), generator=G, inverter=inv, id_net=rec)
+
+
+def test_opt_in_fields_keep_the_config_hash_of_older_configs():
+    import dataclasses
+    import hashlib
+    import json
+    from faceanonymixer.config import config_hash
+    old = dataclasses.asdict(ProtectConfig())
+    del old["engine"], old["models"]["mixer"]                        # the config as it was before the mixer
+    want = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert config_hash(ProtectConfig()) == want
+    assert config_hash(ProtectConfig(engine="mixer")) != want        # used: it counts
+
+
+def test_engine_is_a_config_field(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("engine: mixer\nmodels: {mixer: my.safetensors}\n")
+    cfg = load(ProtectConfig, p)
+    assert cfg.engine == "mixer" and cfg.models.mixer == "my.safetensors"

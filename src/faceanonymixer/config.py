@@ -122,7 +122,22 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def hash_dict(cfg):
+    """``to_dict`` without the fields a class lists in ``HASH_OMIT_DEFAULTS`` while they hold their default: an
+    opt-in field added later does not change the hash (and so the resumability) of configs that do not use it."""
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    omit = getattr(type(cfg), "HASH_OMIT_DEFAULTS", ())
+    out, full = {}, dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name in omit and f.default is not dataclasses.MISSING and v == f.default:
+            continue
+        out[f.name] = hash_dict(v) if dataclasses.is_dataclass(v) else full[f.name]
+    return out
+
+
 def config_hash(cfg) -> str:
     """Stable short hash of a config (for caches and sidecars)."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str).encode()
+    blob = json.dumps(hash_dict(cfg), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

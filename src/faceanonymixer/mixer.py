@@ -233,8 +233,10 @@ def embed_for_mixer(mixer: Mixer, protector, x: torch.Tensor) -> torch.Tensor:
     is that recogniser, else loaded by name)."""
     rec = protector.id_net
     if getattr(rec, "name", None) != mixer.id_net:
-        from .fr import get_recogniser
-        rec = get_recogniser(mixer.id_net, device=protector.device)
+        rec = getattr(protector, "_mixer_id_net", None)
+        if getattr(rec, "name", None) != mixer.id_net:          # loaded once per protector
+            from .fr import get_recogniser
+            rec = protector._mixer_id_net = get_recogniser(mixer.id_net, device=protector.device)
     e = rec.embed_ffhq(x.to(protector.device)).float()
     assert e.shape == (x.shape[0], mixer.emb_dim), tuple(e.shape)
     return e

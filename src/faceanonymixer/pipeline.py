@@ -55,6 +55,9 @@ class ModelsConfig:
     inverter: str = "fam-e4e-64"          # registry name or file path (models.encoders.load_inverter)
     id_net: str = "auto"                  # loss recogniser: 'auto' = arcface-ir-se50 if present, else sface
     device: str = "cpu"
+    mixer: str = "fam-mixer-64"           # engine 'mixer': registry name or file path of the mixer weights
+
+    HASH_OMIT_DEFAULTS = ("mixer",)       # config.config_hash: added later, opt-in
 
 
 @dataclass
@@ -110,8 +113,11 @@ class ProtectConfig:
     batch_people: int = 16                # people optimised together in one batched pass
     face: str = "single"                  # several faces in a photo: 'single' (error unless one dominates),
                                           # 'largest' or 'center' (align.select_face)
+    engine: str = "optimise"              # 'optimise': the paper's per-person optimisation (optim.*, loss.*);
+                                          # 'mixer': one feed-forward pass per image (models.mixer, mixer.py)
 
     LIMITS = dict(batch_people=(1, 1024))              # checked by config.load
+    HASH_OMIT_DEFAULTS = ("engine",)                    # config.config_hash: added later, opt-in
 
 
 # -- results ----------------------------------------------------------------------------------------------
@@ -191,6 +197,12 @@ class Protector:
         self.resolution = int(self.generator.resolution)
         self.plan = make_plan(self.generator.num_ws, self.config.mixing, self.resolution,
                               getattr(self.generator, "identity_layers", None))
+        self.mixer = None
+        if self.config.engine not in ENGINES:
+            raise ConfigError(f"protect.engine must be one of {ENGINES}, got {self.config.engine!r}")
+        if self.config.engine == "mixer":
+            self.mixer = load_engine_mixer(self.config.models.mixer, self, self.device)
+            self.model_info["mixer"] = _file_info(self.config.models.mixer)
         self._aligner = None
         if self.device.type == "cuda":
             torch.backends.cudnn.deterministic = True
@@ -279,6 +291,8 @@ class Protector:
                 continue
             prepared.append((name, key, torch.cat(xs), srcs, time.perf_counter() - t0))
         B = max(1, int(self.config.batch_people))
+        if self.mixer is not None:
+            return BatchResult(self._mix_people(prepared, B), failures)
         for c in range(0, len(prepared), B):
             chunk = prepared[c:c + B]
             t1 = time.perf_counter()
@@ -304,6 +318,28 @@ class Protector:
                                  faces_in_batch=n_faces, steps=cfg.steps)))
         return BatchResult(results, failures)
 
+    def _mix_people(self, prepared, B: int) -> list[PersonResult]:
+        """Engine 'mixer': every image protected alone in one feed-forward pass (no image influences another, so
+        the batching below changes only the speed). ``prepared``: (name, key, x, sources, align seconds)."""
+        from .mixer import protect_batch
+        results = []
+        for c in range(0, len(prepared), B):
+            chunk = prepared[c:c + B]
+            t1 = time.perf_counter()
+            x = torch.cat([p[2] for p in chunk])
+            keys = [p[1] for p in chunk for _ in range(p[2].shape[0])]
+            images, ws = protect_batch(self.mixer, self, x, keys)
+            dt = time.perf_counter() - t1
+            i = 0
+            for name, key, xp, srcs, t_align in chunk:
+                n = xp.shape[0]
+                results.append(PersonResult(
+                    name=name, key_fingerprint=key.fingerprint, images=images[i:i + n].cpu(), ws=ws[i:i + n].cpu(),
+                    sources=srcs, timings=dict(align_s=round(t_align, 4), mixer_s_batch=round(dt, 4),
+                                               people_in_batch=len(chunk), faces_in_batch=x.shape[0], steps=0)))
+                i += n
+        return results
+
     def protect(self, images: Sequence, key: Key, name: str = "person") -> PersonResult:
         """All ``images`` of ONE person under ``key``. Raises ImageError if none is usable."""
         br = self.protect_people([list(images)], [key], [name])
@@ -320,6 +356,8 @@ class Protector:
                     key_fingerprint=result.key_fingerprint, config_hash=config_mod.config_hash(self.config),
                     resolution=self.resolution, mixing=self.plan.describe(),
                     key_psi=key_psi(self.generator, self.config.key.psi), models=self.model_info)
+        if self.mixer is not None:
+            side["engine"] = "mixer"
         if png is not None:
             side["image_sha256"] = hashlib.sha256(png).hexdigest()
         return side
@@ -383,6 +421,23 @@ def _device(spec: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"protect.models.device: '{spec}' is not supported; use cpu or cuda")
     return dev
+
+
+ENGINES = ("optimise", "mixer")
+
+
+def load_engine_mixer(name_or_path: str, protector: "Protector", device):
+    """The mixer weights of engine 'mixer' (registry name or file), checked against the protector's generator
+    and identity band; a clear message when the file is missing or was trained for other models."""
+    from .mixer import check_fits, load_mixer
+    path = registry.locate(name_or_path) if name_or_path in registry.MODELS else Path(name_or_path)
+    if not path.is_file():
+        raise FaceAnonyMixerError(f"{path}: mixer weights not found (protect.engine: mixer, models.mixer). Train "
+                                  "them with `faceanonymixer train mixer --export FILE` and set models.mixer=FILE, "
+                                  "or use protect.engine=optimise")
+    m = load_mixer(path, device)
+    check_fits(m, protector)
+    return m
 
 
 def _file_info(name_or_path: str) -> dict:

@@ -34,7 +34,7 @@ from .attacks import ATTACKS, AttackConfig, protected_layers, run_attack
 from .dataset import data_root, drop_items, make_pairs, prepare, read_pairs_file, select_dataset
 from .embeddings import embed_crops, embed_ffhq
 from .metrics import frechet_distance
-from .protection import ALL_VARIANTS, KEYED, KEYLESS, ImageCache, Method, eval_key, protect_variant, variant_hash
+from .protection import ALL_VARIANTS, DEFAULT_VARIANTS, KEYED, KEYLESS, ImageCache, Method, eval_key, protect_variant, variant_hash
 from .scoring import attribute_preservation, cosines, fid_status, score_original, score_variant
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class EvalConfig:
     n_impostor: int = 10000                   # impostor / non-mated pairs (all cross-person pairs if fewer)
     stolen_images: int = 2                    # images of the impostor protected with each victim's key
     recognisers: list[str] = field(default_factory=lambda: ["dlib-resnet", "faceplugin-fr", "sface"])
-    variants: list[str] = field(default_factory=lambda: list(ALL_VARIANTS))
+    variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
     main_variant: str = "method"
     operating_fmr: float = 1e-2               # threshold of the protected system (revocability, stolen key)
     blur_sigma: float = 3.0                   # pixels at the generator resolution

@@ -27,9 +27,11 @@ if TYPE_CHECKING:   # annotations only: evaluate.py imports this module
 
 log = logging.getLogger(__name__)
 
-KEYED = ("method", "naive", "method-code")                    # variants that use the Protector
+KEYED = ("method", "naive", "method-code", "mixer")           # variants that use the Protector
+# 'mixer': the feed-forward mixer (protect.engine 'mixer', models.mixer; every image protected alone)
 KEYLESS = ("reconstruction", "lowres", "blur", "pixelate")    # deterministic transforms (no key)
 ALL_VARIANTS = KEYED + KEYLESS
+DEFAULT_VARIANTS = tuple(v for v in ALL_VARIANTS if v != "mixer")   # 'mixer' needs trained weights: opt-in
 
 
 def eval_key(seed: int, person: str, role: str):
@@ -47,23 +49,26 @@ class Method:
         self.models = dict(models or {})   # optional in-memory generator / inverter / id_net / attr_net instances
         self._protectors: dict = {}
 
-    def settings(self, variant: str) -> tuple[str, int]:
-        """(layer assignment, refinement steps) of a keyed variant."""
+    def settings(self, variant: str) -> tuple[str, int, str]:
+        """(layer assignment, refinement steps, engine) of a keyed variant."""
         p = self.cfg.protect
-        return {"method": (p.mixing.assignment, p.optim.steps), "naive": (p.mixing.assignment, 0),
-                "method-code": ("code", p.optim.steps)}[variant]
+        return {"method": (p.mixing.assignment, p.optim.steps, "optimise"),
+                "naive": (p.mixing.assignment, 0, "optimise"),
+                "method-code": ("code", p.optim.steps, "optimise"),
+                "mixer": (p.mixing.assignment, 0, "mixer")}[variant]
 
-    def protector(self, assignment: str | None = None):
+    def protector(self, assignment: str | None = None, engine: str = "optimise"):
         assignment = assignment or self.cfg.protect.mixing.assignment
-        if assignment not in self._protectors:
-            pc = replace(self.cfg.protect, mixing=replace(self.cfg.protect.mixing, assignment=assignment))
+        if (assignment, engine) not in self._protectors:
+            pc = replace(self.cfg.protect, mixing=replace(self.cfg.protect.mixing, assignment=assignment),
+                         engine=engine)
             shared = dict(self.models)
             if self._protectors:
                 first = next(iter(self._protectors.values()))
                 shared = dict(generator=first.generator, inverter=first.inverter, id_net=first.id_net,
                               attr_net=first.attr)
-            self._protectors[assignment] = pipeline.Protector(pc, device=self.cfg.device, **shared)
-        return self._protectors[assignment]
+            self._protectors[(assignment, engine)] = pipeline.Protector(pc, device=self.cfg.device, **shared)
+        return self._protectors[(assignment, engine)]
 
     @property
     def generator(self):
@@ -78,8 +83,8 @@ class Method:
 
     def protect(self, variant: str, groups: list[torch.Tensor], keys: list) -> list[torch.Tensor]:
         """groups: per person x[n,3,R,R] in [-1,1]; keys: one Key per group -> protected images, same shapes."""
-        assignment, steps = self.settings(variant)
-        prot = self.protector(assignment)
+        assignment, steps, engine = self.settings(variant)
+        prot = self.protector(assignment, engine)
         people = [[x[j] for j in range(x.shape[0])] for x in groups]
         br = prot.protect_people(people, keys, names=[f"g{i}" for i in range(len(groups))], steps=steps)
         if br.failures or len(br.results) != len(groups):
@@ -90,10 +95,10 @@ class Method:
         return out
 
     def plan(self, variant: str):
-        return self.protector(self.settings(variant)[0]).plan
+        return self.protector(*self.settings(variant)[::2]).plan
 
     def key_code(self, variant: str, key) -> torch.Tensor:
-        return self.protector(self.settings(variant)[0]).key_code(key)
+        return self.protector(*self.settings(variant)[::2]).key_code(key)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,13 +113,16 @@ def variant_hash(cfg: EvalConfig, variant: str, resolution: int, model_digests: 
     spec = {"variant": variant, "resolution": resolution, "data": str(Path(cfg.data).resolve()), "seed": cfg.seed,
             "models_in_memory": model_digests or {}}
     if variant in KEYED or variant == "reconstruction":
-        pc = cfgmod.to_dict(cfg.protect)
+        pc = cfgmod.hash_dict(cfg.protect)    # = to_dict, less opt-in fields at their defaults
         if variant == "naive":            # 0 steps whatever optim.steps says: the optimiser settings do not matter
             pc["optim"] = {"steps": 0, "augment_copies": pc["optim"]["augment_copies"],
                            "noise_mode": pc["optim"]["noise_mode"]}
             pc["loss"] = {}
         if variant == "method-code":
             pc["mixing"]["assignment"] = "code"
+        if variant == "mixer":            # one pass: the optimiser and its losses play no part
+            pc["engine"], pc["optim"], pc["loss"] = "mixer", {"noise_mode": pc["optim"]["noise_mode"]}, {}
+            pc["models"]["mixer"] = cfg.protect.models.mixer
         spec["protect"] = pc if variant in KEYED else {"models": pc["models"], "refine": pc["refine"]}
         spec["weights"] = _weights_stamp(cfg)
         if variant in KEYED and cfg.sessions != "joint":   # joint keeps the hash (and caches) of earlier runs
@@ -128,7 +136,8 @@ def variant_hash(cfg: EvalConfig, variant: str, resolution: int, model_digests: 
 
 def _weights_stamp(cfg: EvalConfig) -> dict:
     out = {}
-    for name in (cfg.protect.models.generator, cfg.protect.models.inverter):
+    for name in (cfg.protect.models.generator, cfg.protect.models.inverter) + \
+            ((cfg.protect.models.mixer,) if "mixer" in cfg.variants else ()):
         try:
             p = registry.locate(name, verify=False) if name in registry.MODELS else Path(name)
             st = p.stat()
