@@ -208,10 +208,6 @@ def test_client_cli_in_a_subprocess_reads_the_token_from_the_environment(server,
     r = subprocess.run(base + ["verify", "michelle", str(SAMPLES / "obama3.jpg"), "--key", keys["k3"], "--server",
                                server.url, "--token-env", "FAM_TOK"], env=env, capture_output=True, text=True)
     assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["match"], r.stderr
-    env["FAM_TOK"] = "x" * 43
-    r = subprocess.run(base + ["verify", "michelle", str(SAMPLES / "obama3.jpg"), "--key", keys["k3"], "--server",
-                               server.url, "--token-env", "FAM_TOK"], env=env, capture_output=True, text=True)
-    assert r.returncode == 2 and "HTTP 401 unauthorized" in r.stderr and "x" * 43 not in r.stdout + r.stderr
 
 
 # -- refusals: status and a clear JSON message --------------------------------------------------------------
@@ -331,33 +327,60 @@ def test_concurrent_enrols_of_one_person_with_two_keys_let_one_in(server, pngs):
 
 
 # -- shutdown and logs (these two run last: they stop the module's server) ----------------------------------
-def test_sigterm_lets_in_flight_enrolments_finish(server, pngs):
-    people = [f"late{i}" for i in range(6)]
-    results: dict[str, int | str] = {}
+def _raw_request(port: int, token: str, path: str, doc: dict) -> tuple[socket.socket, bytes]:
+    """A socket with an HTTP request sent up to half of its body, and the rest of the body."""
+    body = json.dumps(doc).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(head + body[:len(body) // 2])
+    return s, body[len(body) // 2:]
 
-    def go(p):
+
+def _response(s: socket.socket) -> tuple[int, dict]:
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+            [h.split(b":")[1] for h in data.split(b"\r\n") if h.lower().startswith(b"content-length:")][0]):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, body = data.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_sigterm_lets_in_flight_enrolments_finish(server, pngs):
+    """Three enrolments are in flight (half of each body sent) when the server gets SIGTERM: it stops taking new
+    connections, waits for them, commits them, answers 200, then closes the database and exits."""
+    people = [f"late{i}" for i in range(3)]
+    socks = [_raw_request(server.port, server.token, "/v1/enrol",
+                          dict(person=p, key_fingerprint=Key.generate().fingerprint, images=[b64(x) for x in pngs]))
+             for p in people]
+    time.sleep(1.0)                            # the idle server reads the headers: the requests are in flight
+    server.proc.send_signal(signal.SIGTERM)
+    end = time.monotonic() + 30
+    while "Shutting down" not in server.log.read_text() and time.monotonic() < end:
+        time.sleep(0.05)
+    refused = False                            # no new work is taken
+    while not refused and time.monotonic() < end:
         try:
-            with http(server) as h:
-                results[p] = h.post("/v1/enrol", json=dict(person=p, key_fingerprint=Key.generate().fingerprint,
-                                                           images=[b64(x) for x in pngs])).status_code
-        except httpx.HTTPError as e:
-            results[p] = type(e).__name__
-    threads = [threading.Thread(target=go, args=(p,)) for p in people]
-    [t.start() for t in threads]
-    time.sleep(0.15)
+            httpx.get(server.url + "/healthz", timeout=5)
+            time.sleep(0.05)
+        except httpx.ConnectError:
+            refused = True
+    assert refused
+    for s, rest in socks:
+        s.sendall(rest)
+    answers = [_response(s) for s, _ in socks]
+    assert [a[0] for a in answers] == [200, 200, 200], answers
+    assert all(a[1]["stored"] == 2 for a in answers)
     rc = server.stop()
-    [t.join(60) for t in threads]
     assert rc in (0, -signal.SIGTERM), rc     # uvicorn re-raises the signal after its graceful shutdown
-    lines = server.lines()
-    done = [x for x in lines if x.get("event") == "shutdown"]
+    done = [x for x in server.lines() if x.get("event") == "shutdown"]
     assert done and done[-1]["unfinished"] == 0
-    assert all(v == 200 or isinstance(v, str) for v in results.values()), results     # no 5xx, no half answers
-    with Store(server.db) as s:                # every answered enrolment is complete; nothing half-written
-        for p in people:
-            info = s.person(p)
-            assert info["templates"] == (2 if info["enrolled"] else 0)
-            if results[p] == 200:
-                assert info["enrolled"], (p, results)
+    with Store(server.db) as st:               # committed before the process ended
+        assert all(st.person(p)["templates"] == 2 for p in people)
 
 
 def test_log_lines_are_json_without_tokens_or_person_ids(server, keys):
