@@ -27,7 +27,10 @@ class Client:
     that cannot be reached raises FaceAnonyMixerError naming the URL. The token is sent as a bearer header only."""
 
     def __init__(self, url: str, token: str | None, timeout: float = 60.0):  # server URL, API token, seconds
+        import logging
+
         import httpx  # the service extra; imported here so that faceanonymixer imports without it
+        logging.getLogger("httpx").setLevel(logging.WARNING)   # one INFO line per request (with person ids) otherwise
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
             raise FaceAnonyMixerError(f"server URL '{shown(url)}' must start with http:// or https://")
