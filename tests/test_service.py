@@ -225,6 +225,14 @@ def test_wrong_missing_or_removed_token_is_401(server, pngs, keys, monkeypatch, 
     assert client(server, "status", "obama") == 2
     out = capsys.readouterr().out
     assert "HTTP 401 unauthorized" in out and "z" * 30 not in out
+    monkeypatch.delenv("FACEANONYMIXER_TOKEN")
+    typed = server.token.replace("-", "A")      # a token given where the variable's name belongs: never echoed
+    for argv in (["--token-env", typed], ["--token", server.token]):
+        with pytest.raises(SystemExit) if argv[0] == "--token" else contextlib.nullcontext():
+            assert client(server, "status", "obama", *argv) == 2
+        out = capsys.readouterr()
+        assert typed not in out.out + out.err and server.token not in out.out + out.err
+        assert "environment variable" in out.out + out.err
     with http(server) as h:
         assert h.get("/v1/people/p401").status_code == 200     # the right token still works
 
@@ -396,10 +404,13 @@ def test_log_lines_are_json_without_tokens_or_person_ids(server, keys):
         assert Path(k).read_text().split()[-1] not in text
     for person in ("obama", "michelle", "raced", "org/unit/ana", "Zo"):
         assert person not in text
+    from faceanonymixer.keys import read_key_file
+    for k in keys.values():                          # nor key fingerprints (pseudonyms of people)
+        assert read_key_file(k).fingerprint not in text
 
 
 # -- no server needed ---------------------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_rate_limit_per_token_is_429_with_retry_after(tmp_path):
     from fastapi.testclient import TestClient
 

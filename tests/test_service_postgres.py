@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 # the real-server tests, in test_service.py's order (the last two stop the module's server)
-from test_service import db_url as _sqlite_db_url  # noqa: F401 - overridden below
 from test_service import free_port, keys, pngs, server, tiny  # noqa: F401 - fixtures
 from test_service import test_client_enrols_verifies_and_revokes_the_sample_photos  # noqa: F401
 from test_service import test_wrong_missing_or_removed_token_is_401  # noqa: F401

@@ -10,6 +10,7 @@ from ..errors import FaceAnonyMixerError, KeyFileError
 from ..fileio import shown
 from ..keys import write_key_file
 from .common import _ENV_NAME, add_config, add_key, app_config, key_from_args, protector, report_bad
+from .serve import add_refuse_token
 
 HELP = "enrol / verify / revoke at a verification service (protects locally, sends protected images only)"
 TOKEN_ENV = "FACEANONYMIXER_TOKEN"
@@ -22,6 +23,7 @@ def _common(p):
                    help=f"environment variable holding the API token (default {TOKEN_ENV}; a token is never "
                         "taken on the command line)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server")
+    add_refuse_token(p)
 
 
 def add_arguments(p):
@@ -59,9 +61,11 @@ def _client(args):
         raise FaceAnonyMixerError("--token-env takes the NAME of an environment variable, not a token (value not "
                                   "shown); if you typed the token there, ask for a new one")
     token = os.environ.get(args.token_env)
-    if not token:
-        raise FaceAnonyMixerError(f"no API token: set the environment variable {args.token_env} (the operator makes "
-                                  "one with `faceanonymixer serve token add NAME`)")
+    if not token:   # the name is repeated only when it is the default: a token given to --token-env may look like one
+        which = TOKEN_ENV if args.token_env == TOKEN_ENV else "named by --token-env"
+        raise FaceAnonyMixerError(f"no API token: the environment variable {which} is not set (the operator makes a "
+                                  "token with `faceanonymixer serve token add NAME`). If you gave the token itself to "
+                                  "--token-env, ask for a new one.")
     return Client(args.server, token, timeout=args.timeout)
 
 

@@ -12,6 +12,20 @@ HELP = "run the HTTP verification service (protected templates only), or manage 
 log = logging.getLogger(__name__)
 
 
+class RefuseToken(argparse.Action):
+    """``--token VALUE`` is refused without repeating the value: a token on the command line would show in `ps`
+    and shell history."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("an API token is never taken on the command line (value not shown; if you typed a real token, "
+                     "remove it and make a new one): put it in an environment variable, FACEANONYMIXER_TOKEN or "
+                     "the one --token-env names")
+
+
+def add_refuse_token(p) -> None:
+    p.add_argument("--token", action=RefuseToken, help=argparse.SUPPRESS)
+
+
 def _store_options(p, sub: bool) -> None:
     d = argparse.SUPPRESS if sub else None   # given before or after the token subcommand, never reset by it
     p.add_argument("--config", default=d, help="service YAML (default: built-in defaults, see configs/serve.yaml)")
@@ -25,6 +39,7 @@ def add_arguments(p):
     _store_options(p, sub=False)
     p.add_argument("--host", help="address to listen on (default: the config's, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default: the config's, 8000)")
+    add_refuse_token(p)
     sub = p.add_subparsers(dest="serve_command", metavar="token")
     tok = sub.add_parser("token", help="manage API tokens")
     tsub = tok.add_subparsers(dest="token_command", metavar="add|list|remove", required=True)
@@ -34,6 +49,7 @@ def add_arguments(p):
         if name != "list":
             t.add_argument("name", help="client name (shown in logs instead of the token)")
         _store_options(t, sub=True)
+        add_refuse_token(t)
 
 
 def _config(args):
