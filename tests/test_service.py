@@ -298,7 +298,10 @@ def test_person_ids_with_slashes_and_unicode_round_trip(server, pngs):
             from urllib.parse import quote
             doc = h.get("/v1/people/" + quote(person, safe="")).json()
             assert doc["person"] == person and doc["enrolled"] and doc["templates"] == 1
-        assert h.get("/openapi.json").json()["info"]["title"].startswith("faceanonymixer")
+        api = h.get("/openapi.json").json()
+        assert api["info"]["title"].startswith("faceanonymixer")
+        assert {"/v1/enrol", "/v1/verify", "/v1/revoke", "/v1/people/{person}", "/healthz"} <= set(api["paths"])
+        assert h.get("/docs").status_code == 200
 
 
 def test_same_templates_twice_are_stored_once_and_keys_belong_to_one_person(server, pngs):

@@ -85,8 +85,8 @@ class Service:
         self.limiter = RateLimiter(cfg.limits.rate, cfg.limits.burst)
         self._inflight, self._cv = 0, threading.Condition()
 
-    # in-flight work, so that shutdown waits for transactions to finish
-    def _run(self, fn, *a):
+    def track(self, fn, *a):
+        """Run an operation counted as in flight: shutdown waits for it (its transaction finishes)."""
         with self._cv:
             self._inflight += 1
         try:
@@ -137,7 +137,7 @@ class Service:
         if req.dry_run:
             return dict(person=req.person, ok=True, dry_run=True)
         emb, pngs = self._images(req.images, "images")
-        n = self._run(self.store.enrol, req.person, req.key_fingerprint, self.profile.matcher, emb, pngs)
+        n = self.store.enrol(req.person, req.key_fingerprint, self.profile.matcher, emb, pngs)
         return dict(person=req.person, key_fingerprint=req.key_fingerprint, stored=n, duplicates=len(pngs) - n)
 
     def verify(self, req: VerifyRequest) -> dict:
@@ -174,8 +174,8 @@ class Service:
         if req.dry_run:
             return dict(person=req.person, ok=True, dry_run=True, key_fingerprint=old)
         emb, pngs = self._images(req.images, "images") if req.images else (None, None)
-        old, deleted, added = self._run(self.store.revoke, req.person, req.new_key_fingerprint,
-                                        self.profile.matcher, emb, pngs)
+        old, deleted, added = self.store.revoke(req.person, req.new_key_fingerprint, self.profile.matcher, emb,
+                                                pngs)
         return dict(person=req.person, revoked_key_fingerprint=old, deleted=deleted,
                     new_key_fingerprint=req.new_key_fingerprint, stored=added)
 
@@ -301,15 +301,15 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/enrol", summary="enrol a person's protected templates under a key fingerprint")
     async def enrol(req: EnrolRequest, _: Client):
-        return await run_in_threadpool(service.enrol, req)
+        return await run_in_threadpool(service.track, service.enrol, req)
 
     @app.post("/v1/verify", summary="score a protected probe against a person's templates")
     async def verify(req: VerifyRequest, _: Client):
-        return await run_in_threadpool(service.verify, req)
+        return await run_in_threadpool(service.track, service.verify, req)
 
     @app.post("/v1/revoke", summary="revoke a person's key for good (optionally re-enrol in the same transaction)")
     async def revoke(req: RevokeRequest, _: Client):
-        return await run_in_threadpool(service.revoke, req)
+        return await run_in_threadpool(service.track, service.revoke, req)
 
     @app.get("/v1/people/{person:path}", summary="a person's enrolment state (no templates or images)")
     async def person(person: str, _: Client):
