@@ -9,11 +9,11 @@ import os
 from ..errors import FaceAnonyMixerError, KeyFileError
 from ..fileio import shown
 from ..keys import write_key_file
+from ..service.tokens import TOKEN_ENV
 from .common import _ENV_NAME, add_config, add_key, app_config, key_from_args, protector, report_bad
 from .serve import add_refuse_token
 
 HELP = "enrol / verify / revoke at a verification service (protects locally, sends protected images only)"
-TOKEN_ENV = "FACEANONYMIXER_TOKEN"
 
 
 def _common(p):
