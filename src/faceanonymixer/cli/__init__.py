@@ -27,6 +27,8 @@ COMMANDS = [
     ("evaluate", "faceanonymixer.cli.evaluate"),
     ("model-report", "faceanonymixer.cli.model_report"),
     ("calibrate", "faceanonymixer.cli.calibrate"),
+    ("serve", "faceanonymixer.cli.serve"),
+    ("client", "faceanonymixer.cli.client"),
 ]
 
 EXAMPLES = """examples:
@@ -43,6 +45,10 @@ EXAMPLES = """examples:
   faceanonymixer evaluate --config configs/eval.yaml --max-people 100 --out report/
   faceanonymixer model-report --out runs/model_report   # quality of the embedded generator/encoder
   faceanonymixer calibrate report/scores.csv --far 0.001  # verify threshold from an evaluation's scores
+  faceanonymixer serve token add laptop --db sqlite:///service.db   # prints the API token once
+  faceanonymixer serve --config configs/serve.yaml --db sqlite:///service.db
+  faceanonymixer client enrol alice photos/alice --key alice.key --server http://127.0.0.1:8000
+  faceanonymixer client verify alice probe.jpg --key alice.key --server http://127.0.0.1:8000
 """
 
 

@@ -1,0 +1,92 @@
+"""``faceanonymixer serve``: run the HTTP verification service (docs/service.md); ``faceanonymixer serve token
+add|list|remove NAME``: manage the clients' API tokens (a new token is printed once; only its hash is stored)."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..fileio import shown
+from ..service import require
+
+HELP = "run the HTTP verification service (protected templates only), or manage its API tokens"
+log = logging.getLogger(__name__)
+
+
+class RefuseToken(argparse.Action):
+    """``--token VALUE`` is refused without repeating the value: a token on the command line would show in `ps`
+    and shell history."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("an API token is never taken on the command line (value not shown; if you typed a real token, "
+                     "remove it and make a new one): put it in an environment variable, FACEANONYMIXER_TOKEN or "
+                     "the one --token-env names")
+
+
+def add_refuse_token(p) -> None:
+    p.add_argument("--token", action=RefuseToken, help=argparse.SUPPRESS)
+
+
+def _store_options(p, sub: bool) -> None:
+    d = argparse.SUPPRESS if sub else None   # given before or after the token subcommand, never reset by it
+    p.add_argument("--config", default=d, help="service YAML (default: built-in defaults, see configs/serve.yaml)")
+    p.add_argument("--set", action="append", default=d, metavar="KEY=VALUE",
+                   help="config override, e.g. --set limits.rate=5 (repeatable)")
+    p.add_argument("--db", default=d, metavar="URL", help="database: sqlite:///FILE (default from the config) or "
+                   "postgresql://USER@HOST/DB")
+
+
+def add_arguments(p):
+    _store_options(p, sub=False)
+    p.add_argument("--host", help="address to listen on (default: the config's, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default: the config's, 8000)")
+    add_refuse_token(p)
+    sub = p.add_subparsers(dest="serve_command", metavar="token")
+    tok = sub.add_parser("token", help="manage API tokens")
+    tsub = tok.add_subparsers(dest="token_command", metavar="add|list|remove", required=True)
+    for name, help_ in (("add", "make a token for client NAME and print it once"),
+                        ("list", "list token names"), ("remove", "remove client NAME's token")):
+        t = tsub.add_parser(name, help=help_, description=help_)
+        if name != "list":
+            t.add_argument("name", help="client name (shown in logs instead of the token)")
+        _store_options(t, sub=True)
+        add_refuse_token(t)
+
+
+def _config(args):
+    from ..service.config import load_service_config
+    sets = list(getattr(args, "set", None) or [])
+    if getattr(args, "db", None):
+        sets.append(f"db={args.db}")
+    cfg = load_service_config(getattr(args, "config", None), sets)
+    if getattr(args, "host", None):
+        cfg.host = args.host
+    if getattr(args, "port", None) is not None:
+        cfg.port = args.port
+    return cfg
+
+
+def run(args) -> int:
+    require("sqlalchemy")
+    cfg = _config(args)
+    if getattr(args, "serve_command", None) == "token":
+        from ..service.store import Store
+        with Store(cfg.db) as store:
+            if args.token_command == "add":
+                token = store.add_token(args.name)
+                print(f"API token for '{shown(args.name)}' (shown once, only its hash is stored; give it to the "
+                      "client in an environment variable, e.g. FACEANONYMIXER_TOKEN):")
+                print(token)
+            elif args.token_command == "remove":
+                store.remove_token(args.name)
+                print(f"removed the token of '{shown(args.name)}'")
+            else:
+                for name, _created in store.tokens():
+                    print(shown(name))
+        return 0
+    require("fastapi", "uvicorn", "httpx")
+    from ..service.app import serve
+    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: put the service behind a TLS-terminating proxy (tokens travel in headers)",
+                    shown(cfg.host))
+    serve(cfg, "DEBUG" if getattr(args, "verbose", False) else "INFO")
+    return 0
