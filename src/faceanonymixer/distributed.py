@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class RayDatasetResult(DatasetResult):
     batches: dict[int, int] = field(default_factory=dict)  # plan batch index -> pid of the process that computed it
     resubmitted: int = 0                                    # batches the driver sent again after losing a worker
     workers: int = 0                                        # actors started
+    startup_s: float = 0.0                                  # seconds until every actor had loaded its protector
 
 
 class ProtectWorker:
@@ -148,7 +150,7 @@ def protect_dataset_ray(config, units: list[Unit], key: Key, out, *,
             started = True
         n, gpus = _worker_plan(ray, config, workers, worker_cpus)
         n = min(n, len(todo))
-        cfg_hash, run_id = config_hash(config), uuid.uuid4().hex[:8]
+        cfg_hash, run_id, t0 = config_hash(config), uuid.uuid4().hex[:8], time.perf_counter()
         remote = ray.remote(ProtectWorker)
         actors = [remote.options(name=f"{ACTOR_PREFIX}-{run_id}-{i}", num_cpus=worker_cpus, num_gpus=gpus,
                                  max_restarts=max_restarts, max_task_retries=2)
@@ -159,7 +161,10 @@ def protect_dataset_ray(config, units: list[Unit], key: Key, out, *,
             raise RayEngineError(f"the Ray workers could not load the protector: {e}") from None
         log.info("%d Ray worker(s) ready: %s", n, ", ".join(f"pid {i['pid']} on {i['device']} ({i['threads']} "
                                                             "thread(s))" for i in info))
-        return _drive(ray, job, todo, actors, key, retries, max(1, in_flight))
+        startup = time.perf_counter() - t0
+        res = _drive(ray, job, todo, actors, key, retries, max(1, in_flight))
+        res.startup_s = round(startup, 3)
+        return res
     finally:
         for a in actors:
             try:
