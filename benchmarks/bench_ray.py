@@ -4,8 +4,8 @@ one run on the same photos, config and key, and a check that the three output fo
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_ray.py [--people 16] [--batch-people 4]
         [--steps 10] [--workers 1,2] [--config FILE] [--tiny] [--samples]
 
-Photos: the first ``--people`` LFW people with at least ``--images`` photos (``FACEANONYMIXER_LFW``), else (or with
-``--samples``) the installed sample photos, copied into ``--people`` folders. Every process runs torch with one
+Photos: the first ``--people`` LFW people with at least ``--images`` photos (``FACEANONYMIXER_LFW``; the largest face
+of each photo), else (or with ``--samples``) the installed sample photos, copied into ``--people`` folders. Every process runs torch with one
 thread (the local engine too: the same work per core). The Ray cluster (``--cpus`` CPUs, started here) is up
 before the timings; "wall" includes loading the models (the local engine's protector, the workers' start);
 "compute" is the protection alone (the Ray engine's from the moment every worker is ready). Parallelism is per
@@ -86,12 +86,15 @@ def main():
     from faceanonymixer.pipeline import Protector
     from faceanonymixer.workflow import load_config
     torch.set_num_threads(1)
-    cfg = load_config(a.config, [f"protect.optim.steps={a.steps}", f"protect.batch_people={a.batch_people}"]).protect
     make = make_tiny if a.tiny else Protector
     key = Key.generate()
     tmp = Path(tempfile.mkdtemp(prefix="bench_ray."))
     try:
         src = photos(a.people, a.images, a.samples, tmp / "in")
+        sets = [f"protect.optim.steps={a.steps}", f"protect.batch_people={a.batch_people}"]
+        if src.startswith("LFW"):
+            sets.append("protect.face=largest")             # LFW photos may show several faces; its person's is largest
+        cfg = load_config(a.config, sets).protect
         units, _ = plan_people([str(tmp / "in")])
         n_batches = -(-len(units) // a.batch_people)
         print(f"{len(units)} people from {src}; batch_people {a.batch_people} ({n_batches} batches), {a.steps} steps, "

@@ -28,11 +28,11 @@ def add_arguments(p):
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local: this process (default); "
                    "ray: the plan's batches on a pool of Ray workers, one loaded model each, bit-identical outputs "
                    "(pip install 'faceanonymixer[ray]'; docs/ray.md)")
-    p.add_argument("--address", help="--engine ray: the Ray cluster to use ('auto' = the one running here, "
+    p.add_argument("--address", metavar="ADDR", help="--engine ray: the Ray cluster to use ('auto' = the one running here, "
                    "ray://HOST:PORT); default: start Ray on this machine for this run")
-    p.add_argument("--workers", type=int, help="--engine ray: number of workers (default: one per GPU when "
+    p.add_argument("--workers", type=int, metavar="N", help="--engine ray: number of workers (default: one per GPU when "
                    "protect.models.device=cuda, else one per --worker-cpus CPUs of the cluster)")
-    p.add_argument("--worker-cpus", type=int, default=1, help="--engine ray: CPUs (= torch threads) per worker "
+    p.add_argument("--worker-cpus", type=int, default=1, metavar="N", help="--engine ray: CPUs (= torch threads) per worker "
                    "(default 1)")
     add_config(p)
     add_key(p)
@@ -40,7 +40,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     ray_engine = args.engine == "ray"
-    if not ray_engine and (args.address or args.workers or args.worker_cpus != 1):
+    if not ray_engine and (args.address or args.workers is not None or args.worker_cpus != 1):
         raise RayEngineError("--address, --workers and --worker-cpus are for --engine ray")
     if ray_engine:
         require_ray()                           # before anything else: say how to install it
