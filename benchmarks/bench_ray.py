@@ -4,12 +4,13 @@ one run on the same photos, config and key, and a check that the three output fo
     OMP_NUM_THREADS=1 PYTHONPATH=src .venv/bin/python benchmarks/bench_ray.py [--people 16] [--batch-people 4]
         [--steps 10] [--workers 1,2] [--config FILE] [--tiny] [--samples]
 
-Photos: the first ``--people`` LFW people with at least ``--images`` photos (``FACEANONYMIXER_LFW``; the largest face
-of each photo), else (or with ``--samples``) the installed sample photos, copied into ``--people`` folders. Every process runs torch with one
-thread (the local engine too: the same work per core). The Ray cluster (``--cpus`` CPUs, started here) is up
-before the timings; "wall" includes loading the models (the local engine's protector, the workers' start);
-"compute" is the protection alone (the Ray engine's from the moment every worker is ready). Parallelism is per
-batch of the plan: ``people / batch_people`` batches, so more workers than batches idle.
+Photos: the first ``--people`` LFW people with at least ``--images`` photos (``FACEANONYMIXER_LFW``; the largest
+face of each photo), else (or with ``--samples``) the installed sample photos, copied into ``--people`` folders.
+Every process runs torch with one thread (the local engine too: the same work per core). The Ray cluster
+(``--cpus`` CPUs, started here) is up before the Ray timings; "wall" includes loading the models (the local
+engine's protector, the workers' start); "compute" is the protection alone (the Ray engine's from the moment every
+worker is ready). Parallelism is per batch of the plan: ``people / batch_people`` batches, so more workers than
+batches idle.
 """
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ def main():
             ray.shutdown()
         ref = outputs(tmp / "local")
         same = all(outputs(tmp / f"ray{w}") == ref for w in (int(x) for x in a.workers.split(",")))
-        print(f"\n| engine | people | wall s | people/s (wall) | compute s | people/s (compute) |\n|---|---|---|---|---|---|")
+        print("\n| engine | people | wall s | people/s (wall) | compute s | people/s (compute) |\n"
+              "|---|---|---|---|---|---|")
         for name, n, wall, comp in rows:
             print(f"| {name} | {n} | {wall:.1f} | {n / wall:.3f} | {comp:.1f} | {n / comp:.3f} |")
         print(f"\noutputs byte-identical to the local engine's ({len(ref)} files): {'yes' if same else 'NO'}; "

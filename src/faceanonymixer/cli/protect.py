@@ -28,12 +28,12 @@ def add_arguments(p):
     p.add_argument("--engine", choices=("local", "ray"), default="local", help="local: this process (default); "
                    "ray: the plan's batches on a pool of Ray workers, one loaded model each, bit-identical outputs "
                    "(pip install 'faceanonymixer[ray]'; docs/ray.md)")
-    p.add_argument("--address", metavar="ADDR", help="--engine ray: the Ray cluster to use ('auto' = the one running here, "
-                   "ray://HOST:PORT); default: start Ray on this machine for this run")
-    p.add_argument("--workers", type=int, metavar="N", help="--engine ray: number of workers (default: one per GPU when "
-                   "protect.models.device=cuda, else one per --worker-cpus CPUs of the cluster)")
-    p.add_argument("--worker-cpus", type=int, default=1, metavar="N", help="--engine ray: CPUs (= torch threads) per worker "
-                   "(default 1)")
+    p.add_argument("--address", metavar="ADDR", help="--engine ray: the Ray cluster to use ('auto' = the one "
+                   "running here, ray://HOST:PORT); default: start Ray on this machine for this run")
+    p.add_argument("--workers", type=int, metavar="N", help="--engine ray: number of workers (default: one per GPU "
+                   "when protect.models.device=cuda, else one per --worker-cpus CPUs of the cluster)")
+    p.add_argument("--worker-cpus", type=int, default=1, metavar="N", help="--engine ray: CPUs (= torch threads) per "
+                   "worker (default 1)")
     add_config(p)
     add_key(p)
 
