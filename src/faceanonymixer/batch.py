@@ -359,64 +359,100 @@ class DatasetResult:
     failures: list[tuple[str, str]]
 
 
+class Job:
+    """The bookkeeping of one protection run, shared by the engines (here, and ``distributed.py`` on Ray): every
+    check before any work, the plan's batches, and the atomic commit of each finished person (the engine only
+    computes). Holds the output folder's lock until ``close()``."""
+
+    def __init__(self, config, units: list[Unit], key: Key, out, *,
+                 overwrite: bool = False,            # replace faceanonymixer outputs of another run / other photos
+                 resume: bool = False,               # require a run manifest to continue
+                 private_manifest=None,              # optional JSON-lines file (outside out), mode 0600
+                 progress: bool = True):             # a progress bar on stderr
+        out = Path(out)
+        self.out, self.units = out, units
+        self.pm = check_private_manifest(private_manifest, out)
+        check_out(out, [str(p) for u in units for p in u.images])   # no output among the photos; writable
+        self.run = Run(out, key.fingerprint, config_hash(config), overwrite, resume)
+        try:
+            self.digests = {u.name: inputs_digest(key, u) for u in units}
+            states = {u.name: self.run.status(u.name, self.digests[u.name]) for u in units}
+            conflicts = [(u.name, states[u.name][1]) for u in units if states[u.name][0] == "conflict"]
+            left = sorted(self.run.other_run - set(states))
+            if left:
+                raise OutputError(f"--overwrite would leave {len(left)} person folder(s) of the earlier run in "
+                                  f"{shown(out)} (e.g. {', '.join(shown(n) for n in left[:5])}) beside this run's: "
+                                  "outputs of two keys or configs must not mix. Choose another --out.")
+            if conflicts:
+                listed = "; ".join(f"{shown(out / n)} {why}" for n, why in conflicts[:10]) + \
+                    (" ..." if len(conflicts) > 10 else "")
+                raise OutputError(f"{len(conflicts)} output folder(s) in the way: {listed}. Nothing was computed or "
+                                  "deleted; pass --overwrite to redo faceanonymixer outputs, move other folders away, "
+                                  "or choose another --out.")
+            self.run.start()
+        except BaseException:
+            self.run.close()
+            raise
+        self.states = {n: st for n, (st, _) in states.items()}
+        self.result = DatasetResult([], [u.name for u in units if self.states[u.name] == "done"], 0, [])
+        self.batch_people = max(1, int(config.batch_people))
+        self._bar = _bar(len(units), len(self.result.skipped), progress)
+        self._t0, self._n_img = time.perf_counter(), 0
+
+    def batches(self) -> list[tuple[int, list[Unit], set[str]]]:
+        """(index, people, names still to do) of each batch with something to do. The batches are fixed by the
+        plan, not by what is left, so a resumed run (or another engine) optimises the same groups of people as an
+        uninterrupted one: bit-identical outputs, as the outputs depend on the batch's composition."""
+        B, todo = self.batch_people, []
+        for i, c in enumerate(range(0, len(self.units), B)):
+            chunk = self.units[c:c + B]
+            names = {u.name for u in chunk if self.states[u.name] != "done"}
+            if names:
+                todo.append((i, chunk, names))
+        return todo
+
+    def commit(self, name: str, files: dict[str, bytes], sources: list[str], timings: dict) -> None:
+        """Write one finished person (``files``: pipeline.person_files) atomically and record it in the manifest."""
+        self.run.commit(name, files, dict(inputs=self.digests[name], images=len(sources), timings=timings))
+        self.states[name] = "done"
+        self.result.written.append(name)
+        self.result.images += len(sources)
+        if self.pm is not None:
+            _private_entry(self.pm, self.out, name, sources)
+
+    def batch_done(self, people: int, images: int) -> None:
+        """Progress: a batch's ``people`` committed with ``images`` images."""
+        self._n_img += images
+        if self._bar is not None:
+            dt = time.perf_counter() - self._t0
+            self._bar.set_postfix(images=self._n_img, img_s=f"{self._n_img / max(dt, 1e-9):.2f}", refresh=False)
+            self._bar.update(people)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.run.close()
+
+
 def protect_dataset(protector, units: list[Unit], key: Key, out, *, overwrite: bool = False,
                     resume: bool = False, private_manifest=None, progress: bool = True) -> DatasetResult:
     """Protect ``units`` under ``key`` into ``out`` (see the module docstring for the guarantees).
     ``private_manifest``: optional JSON file (outside ``out``) mapping each output to its person and source photo;
     it links protected images to real ones, so it is written with mode 0600 and never by default."""
-    out = Path(out)
-    pm = check_private_manifest(private_manifest, out)
-    check_out(out, [str(p) for u in units for p in u.images])   # no output among the photos; writable
-    run = Run(out, key.fingerprint, config_hash(protector.config), overwrite, resume)
+    job = Job(protector.config, units, key, out, overwrite=overwrite, resume=resume,
+              private_manifest=private_manifest, progress=progress)
     try:
-        digests = {u.name: inputs_digest(key, u) for u in units}
-        states = {u.name: run.status(u.name, digests[u.name]) for u in units}
-        conflicts = [(u.name, states[u.name][1]) for u in units if states[u.name][0] == "conflict"]
-        left = sorted(run.other_run - set(states))
-        if left:
-            raise OutputError(f"--overwrite would leave {len(left)} person folder(s) of the earlier run in "
-                              f"{shown(out)} (e.g. {', '.join(shown(n) for n in left[:5])}) beside this run's: outputs "
-                              "of two keys or configs must not mix. Choose another --out.")
-        if conflicts:
-            listed = "; ".join(f"{shown(out / n)} {why}" for n, why in conflicts[:10]) + \
-                (" ..." if len(conflicts) > 10 else "")
-            raise OutputError(f"{len(conflicts)} output folder(s) in the way: {listed}. Nothing was computed or "
-                              "deleted; pass --overwrite to redo faceanonymixer outputs, move other folders away, "
-                              "or choose another --out.")
-        run.start()
-        states = {n: st for n, (st, _) in states.items()}
-        res = DatasetResult([], [u.name for u in units if states[u.name] == "done"], 0, [])
-        B = max(1, int(protector.config.batch_people))
-        bar = _bar(len(units), len(res.skipped), progress)
-        t0, n_img = time.perf_counter(), 0
-        for c in range(0, len(units), B):
-            # The batches are fixed by the plan, not by what is left, so a resumed run optimises the same groups
-            # of people as an uninterrupted one (bit-identical outputs); a batch with nothing to do is skipped.
-            chunk = units[c:c + B]
-            todo = {u.name for u in chunk if states[u.name] != "done"}
-            if not todo:
-                continue
+        for _, chunk, todo in job.batches():
             br = protector.protect_people([u.images for u in chunk], key, [u.name for u in chunk])
-            res.failures += br.failures
-            for r in br.results:
-                if r.name not in todo:
-                    continue
-                files = person_files(r, protector)
-                run.commit(r.name, files, dict(inputs=digests[r.name], images=len(r.sources), timings=r.timings))
-                res.written.append(r.name)
-                res.images += len(r.sources)
-                if pm is not None:
-                    _private_entry(pm, out, r)
-            n_img += sum(len(r.sources) for r in br.results if r.name in todo)
-            if bar is not None:
-                dt = time.perf_counter() - t0
-                bar.set_postfix(images=n_img, img_s=f"{n_img / max(dt, 1e-9):.2f}", refresh=False)
-                bar.update(len(todo))
-        if bar is not None:
-            bar.close()
-        return res
+            job.result.failures += br.failures
+            done = [r for r in br.results if r.name in todo]
+            for r in done:
+                job.commit(r.name, person_files(r, protector), r.sources, r.timings)
+            job.batch_done(len(todo), sum(len(r.sources) for r in done))
+        return job.result
     finally:
-        run.close()
+        job.close()
 
 
 def _bar(total: int, initial: int, progress: bool):
@@ -464,10 +500,10 @@ def _open_private(pm: Path):
     return f
 
 
-def _private_entry(pm: Path, out: Path, r) -> None:
+def _private_entry(pm: Path, out: Path, name: str, sources: list[str]) -> None:
     with _open_private(pm) as f:
-        for stem, src in zip(output_stems(r.sources), r.sources):
-            f.write(json.dumps(dict(output=f"{r.name}/{stem}.png", person=r.name,
+        for stem, src in zip(output_stems(sources), sources):
+            f.write(json.dumps(dict(output=f"{name}/{stem}.png", person=name,
                                     source=str(Path(src).resolve()))).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
