@@ -25,9 +25,11 @@ def add_arguments(p):
     p.add_argument("--private-manifest", metavar="FILE", help="also write FILE (mode 0600, outside OUT) mapping each "
                    "output to its person and source photo; the sidecars never name them")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--engine", choices=("local", "ray"), default="local", help="where the work runs (which method "
-                   "protects is the config's protect.engine: optimise|mixer). local: this process (default); ray: the plan's batches on a pool of Ray workers, one loaded model each, bit-identical outputs "
-                   "(pip install 'faceanonymixer[ray]'; docs/ray.md)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where the work runs (which method protects is the config's protect.engine: "
+                   "optimise|mixer). local: this process (default); ray: the plan's batches on a pool of Ray "
+                   "workers, one loaded model each, bit-identical outputs (pip install 'faceanonymixer[ray]'; "
+                   "docs/ray.md)")
     p.add_argument("--address", metavar="ADDR", help="--engine ray: the Ray cluster to use ('auto' = the one "
                    "running here, ray://HOST:PORT); default: start Ray on this machine for this run")
     p.add_argument("--workers", type=int, metavar="N", help="--engine ray: number of workers (default: one per GPU "
