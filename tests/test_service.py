@@ -337,6 +337,97 @@ def test_concurrent_enrols_of_one_person_with_two_keys_let_one_in(server, pngs):
     assert doc["key_fingerprint"] == keys_[codes.index(200)] and doc["templates"] == 1
 
 
+# -- hostile clients (tests/test_service_hostile.py has the ones that need no server) -------------------------
+def test_a_bad_token_is_refused_from_the_headers_before_any_body_is_read(server):
+    """No token, or a wrong one: 401 as soon as the headers are in, without waiting for (or parsing) a body: an
+    anonymous client cannot make the server buffer megabytes or parse JSON."""
+    for auth in (b"", b"Authorization: Bearer wrong-token-wrong-token-wrong\r\n"):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.sendall(b"POST /v1/enrol HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth +
+                  b"Content-Length: 900000\r\n\r\n{")
+        t0 = time.monotonic()
+        status, doc = _response(s)
+        assert status == 401 and doc["error"] == "unauthorized" and time.monotonic() - t0 < 8
+    with httpx.Client(base_url=server.url, timeout=30) as h:
+        r = h.post("/v1/verify", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        r = h.post("/v1/people/x", content=b"{}", headers={"authorization": "Bearer " + "x" * 40})
+        assert r.status_code == 401
+
+
+def test_hostile_json_and_field_types_are_422(server):
+    with http(server) as h:
+        bomb = b"[" * 200_000 + b"]" * 200_000                   # deeper than any JSON parser recursion
+        r = h.post("/v1/enrol", content=bomb, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
+        for dry in ("yes", 1, "true", None):                      # a boolean is a JSON boolean, nothing else
+            r = h.post("/v1/enrol", json=dict(person="p422", key_fingerprint="4" * 16, dry_run=dry))
+            assert r.status_code == 422 and "dry_run" in r.json()["detail"], (dry, r.text)
+        r = h.post("/v1/enrol", json=dict(person="p422", key_fingerprint="4" * 16, images="not a list"))
+        assert r.status_code == 422 and "images" in r.json()["detail"]
+        r = h.post("/v1/enrol", json=dict(person="Zoe\u0301", key_fingerprint="4" * 16, dry_run=True))
+        assert r.status_code == 422 and "NFC" in r.json()["detail"]      # says why a decomposed accent is refused
+        long_id = "a" * 5000
+        r = h.get("/v1/people/" + long_id)
+        assert r.status_code == 422 and len(r.text) < 1000      # refused without echoing 5000 characters
+
+
+def _with_chunk(png: bytes, kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return png[:33] + chunk + png[33:]                           # right after IHDR
+
+
+def test_png_metadata_bombs_are_refused_before_decoding(server, pngs):
+    """Compressed metadata (zTXt text, an iCCP profile) would be inflated by the decoder (up to megabytes each):
+    a protected image carries none, so the chunk is refused by name, from the chunk list."""
+    import zlib
+    blob = zlib.compress(b"\0" * 1_000_000, 9)
+    many_ztxt = pngs[0]
+    for i in range(100):
+        many_ztxt = _with_chunk(many_ztxt, b"zTXt", b"k%d\0\0" % i + blob)
+    cases = [(many_ztxt, "zTXt"), (_with_chunk(pngs[0], b"iCCP", b"icc\0\0" + blob), "iCCP"),
+             (_with_chunk(pngs[0], b"iTXt", b"k\0\1\0\0\0" + blob), "iTXt")]
+    with http(server) as h:
+        for data, name in cases:
+            r = h.post("/v1/verify", json=dict(person="pbomb", key_fingerprint="5" * 16, image=b64(data)))
+            assert r.status_code == 422 and f"chunk '{name}'" in r.json()["detail"], r.text
+        ok = _with_chunk(pngs[0], b"tEXt", b"Software\0faceanonymixer")    # plain small metadata is fine
+        r = h.post("/v1/enrol", json=dict(person="pbomb", key_fingerprint=Key.generate().fingerprint,
+                                          images=[b64(ok)]))
+        assert r.status_code == 200, r.text
+
+
+def test_revoke_racing_verify_never_lets_the_revoked_key_match(server, pngs):
+    """Verifications under key k1 hammer the server from three connections while k1 is revoked (and the person
+    re-enrolled under k2): every verification that starts after the revoke answered is a 403."""
+    k1, k2 = Key.generate().fingerprint, Key.generate().fingerprint
+    with http(server) as h:
+        assert h.post("/v1/enrol", json=dict(person="racer", key_fingerprint=k1, images=[b64(pngs[0])])).is_success
+    revoked_at, seen = [None], []
+
+    def hammer():
+        with http(server) as c:
+            while True:
+                t0 = time.monotonic()
+                r = c.post("/v1/verify", json=dict(person="racer", key_fingerprint=k1, image=b64(pngs[1])))
+                seen.append((t0, r.status_code))
+                if revoked_at[0] is not None and t0 > revoked_at[0]:
+                    return
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    [t.start() for t in threads]
+    time.sleep(0.3)
+    with http(server) as h:
+        r = h.post("/v1/revoke", json=dict(person="racer", new_key_fingerprint=k2, images=[b64(pngs[0])]))
+    revoked_at[0] = time.monotonic()
+    [t.join(60) for t in threads]
+    assert r.status_code == 200
+    assert {code for t0, code in seen if t0 < revoked_at[0] - 5} <= {200}
+    late = [code for t0, code in seen if t0 > revoked_at[0]]
+    assert late and set(late) == {403}, late
+
+
 # -- shutdown and logs (these two run last: they stop the module's server) ----------------------------------
 def _raw_request(port: int, token: str, path: str, doc: dict) -> tuple[socket.socket, bytes]:
     """A socket with an HTTP request sent up to half of its body, and the rest of the body."""
@@ -430,6 +521,27 @@ def test_rate_limit_per_token_is_429_with_retry_after(tmp_path):
         assert r.json()["error"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
         assert tc.get("/v1/info", headers={"authorization": f"Bearer {b}"}).status_code == 200   # per token
         assert tc.get("/healthz").status_code == 200                                             # no token
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_broken_database_is_503_without_its_name_or_error(tmp_path):
+    """The database's location and error are the operator's (logged), never told to a client (healthz needs no
+    token)."""
+    from fastapi.testclient import TestClient
+
+    from faceanonymixer.service.app import Service, create_app
+    from faceanonymixer.service.config import load_service_config
+    path = tmp_path / "secret-location.db"
+    svc = Service(load_service_config(None, [f"db=sqlite:///{path}", f"match.resolution={SIDE}"]))
+    tok = svc.store.add_token("a")
+    with TestClient(create_app(svc)) as tc:
+        assert tc.get("/healthz").status_code == 200
+        svc.store.engine.dispose()
+        for p in tmp_path.glob("secret-location.db*"):
+            p.write_bytes(b"not a database any more " * 100)
+        for r in (tc.get("/healthz"), tc.get("/v1/info", headers={"authorization": f"Bearer {tok}"})):
+            assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+            assert "secret-location" not in r.text and "not a database" not in r.text
 
 
 def test_store_schema_upgrade_and_foreign_databases(tmp_path):

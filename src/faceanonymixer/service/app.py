@@ -10,6 +10,7 @@ key fingerprint (public, 16 hex), never an original photo or a key.
 import logging
 import threading
 import time
+import unicodedata
 import uuid
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -19,20 +20,20 @@ import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import FaceAnonyMixerError
 from ..fileio import shown
 from ..fr import get_recogniser
-from ..gallery import GalleryError, NotEnrolledError, RevokedKeyError, check_person
+from ..gallery import MAX_NAME, GalleryError, NotEnrolledError, RevokedKeyError, check_person
 from ..tensors import from_uint8
 from ..workflow import embed
 from .config import ServiceConfig, resolve_profile
 from .errors import ApiError, invalid, too_large
 from .jsonlog import log_config
-from .limits import BodyLimit, RateLimiter, decode_b64, decode_png
+from .limits import BodyLimit, RateLimiter, _reply, decode_b64, decode_png
 from .store import ConflictError, Store, StoreUnavailable
 from .tokens import authenticate
 
@@ -49,7 +50,7 @@ class EnrolRequest(BaseModel):
     person: Person = Field(description="person id (1-200 printable characters, NFC, no outer spaces)")
     key_fingerprint: Fingerprint = Field(description="the key's public fingerprint (16 hex); never the key")
     images: list[str] = Field(default_factory=list, description="protected PNGs, base64")
-    dry_run: bool = Field(False, description="only run the checks enrolment would make (no images needed)")
+    dry_run: StrictBool = Field(False, description="only run the checks enrolment would make (no images needed)")
 
 
 class VerifyRequest(BaseModel):
@@ -57,7 +58,8 @@ class VerifyRequest(BaseModel):
     person: Person
     key_fingerprint: Fingerprint
     image: str | None = Field(None, description="the probe, protected under the claimed key, PNG base64")
-    dry_run: bool = Field(False, description="only the checks (person enrolled, key not revoked); no image needed")
+    dry_run: StrictBool = Field(False, description="only the checks (person enrolled, key not revoked); no image "
+                                "needed")
 
 
 class RevokeRequest(BaseModel):
@@ -66,10 +68,20 @@ class RevokeRequest(BaseModel):
     new_key_fingerprint: Fingerprint | None = Field(None, description="re-enrol under this key in the same "
                                                     "transaction (with images)")
     images: list[str] = Field(default_factory=list, description="protected PNGs under the new key, base64")
-    dry_run: bool = False
+    dry_run: StrictBool = False
 
 
 # -- the work -------------------------------------------------------------------------------------------------
+def _check_person(person: str) -> None:
+    """gallery.check_person with the reason spelt out, and without echoing an over-long id."""
+    if len(person) > MAX_NAME:
+        raise invalid(f"person id: {len(person)} characters, over the limit of {MAX_NAME} (value not shown)")
+    if person.isprintable() and unicodedata.normalize("NFC", person) != person:
+        raise invalid(f"person id '{shown(person)}' is not in Unicode NFC form (a decomposed accent?); send it "
+                      "NFC-normalised, e.g. unicodedata.normalize('NFC', person)")
+    check_person(person)
+
+
 class Service:
     """Matcher + store + limits. ``store``/``matcher`` may be given (tests); otherwise made from ``cfg``."""
 
@@ -129,7 +141,7 @@ class Service:
         return embed(self.matcher, from_uint8(np.stack(arrays))), pngs
 
     def enrol(self, req: EnrolRequest) -> dict:
-        check_person(req.person)
+        _check_person(req.person)
         if not req.images and not req.dry_run:
             raise invalid("images: at least one protected image is needed to enrol (or set dry_run)")
         self._check_count(req.images)
@@ -141,7 +153,7 @@ class Service:
         return dict(person=req.person, key_fingerprint=req.key_fingerprint, stored=n, duplicates=len(pngs) - n)
 
     def verify(self, req: VerifyRequest) -> dict:
-        check_person(req.person)
+        _check_person(req.person)
         if req.image is None and not req.dry_run:
             raise invalid("image: the protected probe is missing (or set dry_run)")
         probe = None
@@ -166,7 +178,7 @@ class Service:
                     key_fingerprint=req.key_fingerprint, templates=len(tpl))
 
     def revoke(self, req: RevokeRequest) -> dict:
-        check_person(req.person)
+        _check_person(req.person)
         if req.images and req.new_key_fingerprint is None:
             raise invalid("images: photos to re-enrol need new_key_fingerprint; nothing was revoked")
         self._check_count(req.images)
@@ -180,6 +192,7 @@ class Service:
                     new_key_fingerprint=req.new_key_fingerprint, stored=added)
 
     def person(self, person: str) -> dict:
+        _check_person(person)
         return self.store.person(person)
 
 
@@ -197,8 +210,9 @@ def _as_api_error(e: Exception) -> tuple[int, str, str]:
         return 404, "not_enrolled", str(e)
     if isinstance(e, ConflictError):
         return 409, "conflict", str(e)
-    if isinstance(e, StoreUnavailable):
-        return 503, "unavailable", str(e)
+    if isinstance(e, StoreUnavailable):   # the database's name and error are for the operator's log, not the client
+        return 503, "unavailable", "the gallery database is unavailable; retry later (the operator's log has the " \
+                                   "details)"
     if isinstance(e, (GalleryError, FaceAnonyMixerError)):
         return 422, "invalid_request", str(e)
     return 500, "internal", "internal error; the operator's log has the details"
@@ -211,6 +225,35 @@ def _validation_detail(e: RequestValidationError) -> str:
         loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) + ". See the API description at /docs."
+
+
+class TokenGate:
+    """ASGI middleware in front of every ``/v1/`` route: the bearer token is checked and the token's rate limit
+    taken from the request's headers, before any byte of its body is read or parsed. An unauthenticated client
+    gets 401 (a limited one 429) and the connection is closed: it cannot make the server buffer or parse bodies."""
+
+    def __init__(self, app, service):  # the ASGI app, the Service (its store holds the token hashes)
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or []).get(b"authorization")
+        try:
+            name = await run_in_threadpool(authenticate, self.service.store,
+                                           None if header is None else header.decode("latin-1"))
+            scope.setdefault("state", {})["client"] = name
+            wait = self.service.limiter.take(name)
+            if wait > 0:
+                raise ApiError(429, "rate_limited", f"too many requests for this token; retry in {wait:.1f} s",
+                               headers={"retry-after": str(max(1, round(wait)))})
+        except Exception as e:       # noqa: BLE001 - every failure is an answer (401, 429, 503), never a traceback
+            status, error, detail = _as_api_error(e)
+            if isinstance(e, StoreUnavailable):
+                log.warning("token check failed", extra={"fields": dict(event="unavailable", detail=str(e))})
+            headers = getattr(e, "headers", None) or ({"www-authenticate": "Bearer"} if status == 401 else None)
+            return await _reply(send, ApiError(status, error, shown(detail), headers))
+        return await self.app(scope, receive, send)
 
 
 class RequestLog:
@@ -260,12 +303,10 @@ def create_app(service: Service) -> FastAPI:
                               "Bearer TOKEN` (`faceanonymixer serve token add NAME`).")
 
     def client(request: Request) -> str:
-        name = authenticate(service.store, request.headers.get("authorization"))
-        request.state.client = name
-        wait = service.limiter.take(name)
-        if wait > 0:
-            raise ApiError(429, "rate_limited", f"too many requests for this token; retry in {wait:.1f} s",
-                           headers={"retry-after": str(max(1, round(wait)))})
+        """The client name TokenGate authenticated (it runs before the body is read)."""
+        name = request.scope.get("state", {}).get("client")
+        if name is None:            # not behind TokenGate: refuse rather than serve unauthenticated
+            raise ApiError(401, "unauthorized", "no authenticated API token")
         return name
 
     Client = Annotated[str, Depends(client)]
@@ -275,6 +316,8 @@ def create_app(service: Service) -> FastAPI:
         status, error, detail = _as_api_error(e)
         if status >= 500 and status != 503:
             log.error("unhandled error", exc_info=e, extra={"fields": dict(event="error")})
+        if isinstance(e, StoreUnavailable):
+            log.warning("database unavailable", extra={"fields": dict(event="unavailable", detail=str(e))})
         headers = getattr(e, "headers", None) or ({"www-authenticate": "Bearer"} if status == 401 else None)
         return _error_response(status, error, shown(detail), headers)
 
@@ -287,12 +330,15 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, e: StarletteHTTPException):
+        if e.status_code == 400:     # FastAPI could not parse the body (e.g. JSON nested too deeply): a bad request
+            return _error_response(422, "invalid_request", "the body could not be parsed as JSON (nested too deeply "
+                                   "or not UTF-8); send one JSON object. See the API description at /docs.")
         error = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _error_response(e.status_code, error, str(e.detail))
 
     @app.get("/healthz", summary="liveness and database check (no token needed)")
     async def healthz():
-        await run_in_threadpool(service.store.ping)
+        await run_in_threadpool(service.store.ping)      # a failure is a 503 without the database's name
         return {"status": "ok"}
 
     @app.get("/v1/info", summary="what the server expects: matcher, image side, threshold, limits")
@@ -315,7 +361,9 @@ def create_app(service: Service) -> FastAPI:
     async def person(person: str, _: Client):
         return await run_in_threadpool(service.person, person)
 
-    app.add_middleware(BodyLimit, max_bytes=service.cfg.limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=service.cfg.limits.max_body_bytes,
+                       timeout_s=service.cfg.limits.body_timeout_s)
+    app.add_middleware(TokenGate, service=service)     # before BodyLimit: no body is read for a bad token
     app.add_middleware(RequestLog)
     return app
 
@@ -331,5 +379,6 @@ def serve(cfg: ServiceConfig, log_level: str = "INFO") -> None:
     service = Service(cfg)
     app = create_app(service)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=cfg.graceful_timeout_s, server_header=False, lifespan="on")
+                            timeout_graceful_shutdown=cfg.graceful_timeout_s, server_header=False, lifespan="on",
+                            limit_concurrency=cfg.limits.max_connections)
     uvicorn.Server(config).run()

@@ -32,9 +32,12 @@ class LimitsConfig:
     max_images: int = 16                  # images in one enrol / revoke request
     rate: float = 20.0                    # requests per second per API token (token bucket refill)
     burst: int = 40                       # bucket size: requests a token may send at once
+    body_timeout_s: float = 60.0          # a request body must arrive within this many seconds (else 408)
+    max_connections: int = 256            # connections + requests in progress; more get 503 (uvicorn's
+                                          # limit_concurrency)
 
     LIMITS = dict(max_body_bytes=(1024, 1_000_000_000), max_image_bytes=(100, 500_000_000), max_images=(1, 1000),
-                  rate=(0.001, 1e6), burst=(1, 1_000_000))
+                  rate=(0.001, 1e6), burst=(1, 1_000_000), body_timeout_s=(0.1, 3600.0), max_connections=(1, 100_000))
 
 
 @dataclass

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import time
 
@@ -108,14 +109,36 @@ assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def engine_url(url: str):
-    """``postgresql://`` means psycopg 3 here (SQLAlchemy's default driver, psycopg2, is not a dependency)."""
-    u = make_url(url)
+    """``postgresql://`` means psycopg 3 here (SQLAlchemy's default driver, psycopg2, is not a dependency). A URL
+    that does not parse is refused without repeating it (it may hold a password); so is an in-memory SQLite
+    database (every connection would get its own empty gallery, lost at exit)."""
+    try:
+        u = make_url(url)
+    except (sa_exc.ArgumentError, ValueError, TypeError):
+        raise GalleryError("the database URL is not valid (value not shown: it may hold a password); expected "
+                           "sqlite:///FILE or postgresql://USER@HOST/DB") from None
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     if u.get_backend_name() not in ("sqlite", "postgresql"):
         raise GalleryError(f"database URL '{u.render_as_string(hide_password=True)}': only sqlite:///FILE and "
                            "postgresql://... are supported")
+    if u.get_backend_name() == "sqlite" and u.database and u.database.startswith("file:"):
+        raise GalleryError("SQLite URI file names (file:...) are not supported; use sqlite:///FILE")
+    if u.get_backend_name() == "sqlite" and (not u.database or u.database == ":memory:"):
+        raise GalleryError(f"database URL '{u.render_as_string(hide_password=True)}' names no file: the gallery "
+                           "would live in memory and vanish; use sqlite:///FILE (sqlite:////abs/path for an "
+                           "absolute path)")
     return u
+
+
+def _create_private(path: str) -> None:
+    """Create a new SQLite file readable by its owner only (templates and token hashes are nobody else's business;
+    SQLite gives its -wal and -shm files the same mode). An existing file keeps its mode."""
+    if path and not os.path.exists(path) and os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:      # made by another process meanwhile: theirs
+            pass
 
 
 def hash_token(token: str) -> str:
@@ -134,6 +157,7 @@ class Store:
         kw = {}
         if self.sqlite:
             kw["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
+            _create_private(self.url.database)
         try:
             self.engine = create_engine(self.url, pool_pre_ping=not self.sqlite, **kw)
         except (sa_exc.ArgumentError, ImportError) as e:
@@ -173,6 +197,9 @@ class Store:
                 raise StoreUnavailable(f"database {self.where} is locked by another writer (waited "
                                        f"{BUSY_TIMEOUT_S:.0f} s); nothing was changed, retry") from None
             raise StoreUnavailable(f"database {self.where} failed ({msg}); nothing was changed") from None
+        except sa_exc.DatabaseError as e:     # e.g. a file that is not an SQLite database
+            raise StoreUnavailable(f"database {self.where} cannot be used ({_first_line(e.orig)}); check the "
+                                   "--db URL; nothing was changed") from None
 
     def version(self, conn) -> int | None:
         if not inspect(conn).has_table("fam_schema"):
@@ -182,11 +209,12 @@ class Store:
     def migrate(self, target: int = SCHEMA_VERSION) -> int:
         """Create the schema in an empty database or upgrade an older one, one version per transaction.
         Returns the version reached."""
-        start = None
+        start, first = None, True
         while True:
             with self._tx(write=True) as conn:
                 v = self.version(conn)
-                start = v if start is None else start
+                if first:
+                    start, first = v, False
                 if v is None:
                     ours = [t for t in inspect(conn).get_table_names() if t.startswith("fam_")]
                     if ours:
