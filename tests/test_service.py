@@ -43,11 +43,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def add_token(db: str, name: str) -> str:
-    """`faceanonymixer serve token add NAME` (the real command); the token is its last line."""
+def add_token(db: str, name: str, role: str = "admin") -> str:
+    """`faceanonymixer serve token add NAME --role ROLE` (the real command); the token is its last line."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert run_cli(["serve", "token", "add", name, "--db", db]) == 0
+        assert run_cli(["serve", "token", "add", name, "--db", db, "--role", role]) == 0
     return buf.getvalue().strip().splitlines()[-1]
 
 
@@ -108,9 +108,10 @@ def tiny():
 def server(db_url, tmp_path_factory):
     token = add_token(db_url, "ci")
     gone = add_token(db_url, "gone")
+    roles = {role: add_token(db_url, f"{role}-station", role) for role in ("verify", "enrol")}
     assert run_cli(["serve", "token", "remove", "gone", "--db", db_url]) == 0
     srv = Server(db_url, tmp_path_factory.mktemp("log"))
-    srv.token, srv.removed_token = token, gone
+    srv.token, srv.removed_token, srv.role_tokens = token, gone, roles
     yield srv
     srv.stop()
 
@@ -355,6 +356,38 @@ def test_a_bad_token_is_refused_from_the_headers_before_any_body_is_read(server)
         assert r.status_code == 401
 
 
+def test_token_roles_limit_who_may_change_the_gallery(server, pngs):
+    """Any token could add templates under any fingerprint (the server cannot tell which key protected an image)
+    or revoke anyone: so a verify token (the default of `serve token add`) may only verify and read, an enrol
+    token may also enrol, only an admin token may revoke. Refused from the headers (403), before the body."""
+    fp_ = Key.generate().fingerprint
+    enrol = dict(person="roles", key_fingerprint=fp_, images=[b64(pngs[0])])
+    verify = dict(person="roles", key_fingerprint=fp_, image=b64(pngs[1]))
+    with http(server, server.role_tokens["verify"]) as h:
+        for path, body in (("/v1/enrol", enrol), ("/v1/revoke", dict(person="roles"))):
+            r = h.post(path, json=body)
+            assert r.status_code == 403 and r.json()["error"] == "forbidden", r.text
+            assert "role 'verify'" in r.json()["detail"] and "--role" in r.json()["detail"]
+        assert h.get("/v1/people/roles").json()["enrolled"] is False
+    with http(server, server.role_tokens["enrol"]) as h:
+        assert h.post("/v1/enrol", json=enrol).status_code == 200
+        r = h.post("/v1/revoke", json=dict(person="roles"))
+        assert r.status_code == 403 and "needs 'admin'" in r.json()["detail"]
+    with http(server, server.role_tokens["verify"]) as h:
+        assert h.post("/v1/verify", json=verify).json()["match"] is True
+    with http(server) as h:                                       # admin
+        assert h.post("/v1/revoke", json=dict(person="roles")).status_code == 200
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)   # refused before the body is sent
+    s.sendall(b"POST /v1/enrol HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer " +
+              server.role_tokens["verify"].encode() + b"\r\nContent-Length: 900000\r\n\r\n{")
+    assert _response(s)[0] == 403
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_cli(["serve", "token", "list", "--db", server.db]) == 0
+    assert {tuple(x.split("\t")) for x in out.getvalue().splitlines()} == {
+        ("ci", "admin"), ("verify-station", "verify"), ("enrol-station", "enrol")}
+
+
 def test_hostile_json_and_field_types_are_422(server):
     with http(server) as h:
         bomb = b"[" * 200_000 + b"]" * 200_000                   # deeper than any JSON parser recursion
@@ -491,8 +524,8 @@ def test_log_lines_are_json_without_tokens_or_person_ids(server, keys):
     lines = server.lines()                           # every line parses as JSON
     reqs = [x for x in lines if x.get("event") == "request"]
     assert len(reqs) > 20 and {x["status"] for x in reqs} >= {200, 401, 403, 404, 409, 413, 415, 422}
-    assert all(x["client"] in ("ci", None) for x in reqs)
-    for secret in (server.token, server.removed_token, "wrong-token-", "Bearer"):
+    assert all(x["client"] in ("ci", "verify-station", "enrol-station", None) for x in reqs)
+    for secret in (server.token, server.removed_token, *server.role_tokens.values(), "wrong-token-", "Bearer"):
         assert secret not in text
     for k in keys.values():
         assert Path(k).read_text().split()[-1] not in text
@@ -550,9 +583,14 @@ def test_store_schema_upgrade_and_foreign_databases(tmp_path):
         s.enrol("ana", "a" * 16, "sface", np.eye(1, 128, dtype=np.float32), [b"png"])
         with s.engine.connect() as c:
             assert s.version(c) == 1
+    with Store(url, target_version=2) as s:           # schema v2: tokens without roles
+        from sqlalchemy import text
+        with s.engine.begin() as c:
+            c.execute(text("INSERT INTO fam_tokens VALUES ('old', 'h' , 0)"))
     with Store(url) as s:                            # opened by this version: upgraded, data kept
         assert s.stats() == dict(people=1, templates=1, revoked_keys=0, schema=SCHEMA_VERSION)
-        assert s.token_name(s.add_token("t")) == "t"
+        assert s.token_client(s.add_token("t")) == ("t", "verify")
+        assert [(n, r) for n, _, r in s.tokens()] == [("old", "admin"), ("t", "verify")]  # old: full rights kept
         from sqlalchemy import text
         with s.engine.begin() as c:
             c.execute(text("UPDATE fam_schema SET version = 99"))

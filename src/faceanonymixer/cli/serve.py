@@ -52,6 +52,11 @@ def add_arguments(p):
         t = tsub.add_parser(name, help=help_, description=help_)
         if name != "list":
             t.add_argument("name", help="client name (shown in logs instead of the token)")
+        if name == "add":
+            t.add_argument("--role", choices=("verify", "enrol", "admin"), default="verify",
+                           help="what the token may do: verify (default: info, verify, status), enrol (+ enrol), "
+                                "admin (+ revoke). A token that may enrol can add templates to anyone: give it to "
+                                "enrolment stations you trust, never to end-user devices")
         _store_options(t, sub=True)
         add_refuse_token(t)
 
@@ -109,16 +114,16 @@ def run(args) -> int:
         from ..service.store import Store
         with Store(cfg.db) as store:
             if args.token_command == "add":
-                token = store.add_token(args.name)
-                print(f"API token for '{shown(args.name)}' (shown once, only its hash is stored; give it to the "
-                      "client in an environment variable, e.g. FACEANONYMIXER_TOKEN):")
+                token = store.add_token(args.name, args.role)
+                print(f"API token for '{shown(args.name)}', role {args.role} (shown once, only its hash is stored; "
+                      "give it to the client in an environment variable, e.g. FACEANONYMIXER_TOKEN):")
                 print(token)
             elif args.token_command == "remove":
                 store.remove_token(args.name)
                 print(f"removed the token of '{shown(args.name)}'")
             else:
-                for name, _created in store.tokens():
-                    print(shown(name))
+                for name, _created, role in store.tokens():
+                    print(f"{shown(name)}\t{role}")
         return 0
     require("fastapi", "uvicorn", "httpx")
     from ..service.app import serve

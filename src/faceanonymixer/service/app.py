@@ -35,7 +35,7 @@ from .errors import ApiError, invalid, too_large
 from .jsonlog import log_config
 from .limits import BodyLimit, RateLimiter, _reply, decode_b64, decode_png
 from .store import ConflictError, Store, StoreUnavailable
-from .tokens import authenticate
+from .tokens import authenticate, authorize
 
 log = logging.getLogger("faceanonymixer.service")
 API_VERSION = "1"
@@ -228,9 +228,10 @@ def _validation_detail(e: RequestValidationError) -> str:
 
 
 class TokenGate:
-    """ASGI middleware in front of every ``/v1/`` route: the bearer token is checked and the token's rate limit
-    taken from the request's headers, before any byte of its body is read or parsed. An unauthenticated client
-    gets 401 (a limited one 429) and the connection is closed: it cannot make the server buffer or parse bodies."""
+    """ASGI middleware in front of every ``/v1/`` route: the bearer token, its role (tokens.ROUTE_ROLES) and its
+    rate limit are checked from the request's headers, before any byte of the body is read or parsed. A refused
+    client gets 401 (403 for a role that may not use the route, 429 when limited) and the connection is closed:
+    it cannot make the server buffer or parse bodies."""
 
     def __init__(self, app, service):  # the ASGI app, the Service (its store holds the token hashes)
         self.app, self.service = app, service
@@ -240,9 +241,10 @@ class TokenGate:
             return await self.app(scope, receive, send)
         header = dict(scope.get("headers") or []).get(b"authorization")
         try:
-            name = await run_in_threadpool(authenticate, self.service.store,
-                                           None if header is None else header.decode("latin-1"))
+            name, role = await run_in_threadpool(authenticate, self.service.store,
+                                                 None if header is None else header.decode("latin-1"))
             scope.setdefault("state", {})["client"] = name
+            authorize(name, role, scope["path"])
             wait = self.service.limiter.take(name)
             if wait > 0:
                 raise ApiError(429, "rate_limited", f"too many requests for this token; retry in {wait:.1f} s",

@@ -37,7 +37,10 @@ from ..gallery import (GalleryError, NotEnrolledError, RevokedKeyError, _check_e
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# What an API token may do (each role includes the ones before it). Any token may read any person's state: the
+# roles limit who can change the gallery, since a token that may enrol can add templates under any fingerprint.
+ROLES = ("verify", "enrol", "admin")   # verify: info, verify, status; enrol: + enrol; admin: + revoke
 BUSY_TIMEOUT_S = 30.0                     # SQLite: how long a writer waits for another writer
 _PG_LOCK = 0x46414D                       # advisory lock id of the gallery's writers ("FAM")
 TOKEN_BYTES = 32
@@ -88,11 +91,14 @@ templates_t = Table(
                          name="fam_templates_person"),
     UniqueConstraint("person", "digest", name="fam_templates_once"),
     Index("fam_templates_by_person", "person"))
+_TOKEN_COLUMNS = (lambda: [Column("name", String(100), primary_key=True),
+                             Column("token_hash", String(64), nullable=False, unique=True),
+                             Column("created", Float, nullable=False)])
+_ROLE_SQL = "role VARCHAR(8) NOT NULL DEFAULT 'admin' CHECK (role IN ('verify', 'enrol', 'admin'))"
+tokens_v2_t = Table("fam_tokens", MetaData(), *_TOKEN_COLUMNS())    # as schema v2 made it (no role)
 tokens_t = Table(
-    "fam_tokens", meta,
-    Column("name", String(100), primary_key=True),
-    Column("token_hash", String(64), nullable=False, unique=True),
-    Column("created", Float, nullable=False))
+    "fam_tokens", meta, *_TOKEN_COLUMNS(),
+    Column("role", String(8), nullable=False, server_default="admin"))
 
 
 def _v1(conn):        # the gallery
@@ -101,10 +107,14 @@ def _v1(conn):        # the gallery
 
 
 def _v2(conn):        # API tokens
-    tokens_t.create(conn)
+    tokens_v2_t.create(conn)
 
 
-MIGRATIONS = [_v1, _v2]   # MIGRATIONS[i]: version i -> i + 1
+def _v3(conn):        # token roles; the tokens made before keep the full rights they had
+    conn.exec_driver_sql(f"ALTER TABLE fam_tokens ADD COLUMN {_ROLE_SQL}")
+
+
+MIGRATIONS = [_v1, _v2, _v3]   # MIGRATIONS[i]: version i -> i + 1
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -380,16 +390,20 @@ class Store:
             return cur[0], int(n), added
 
     # -- API tokens ---------------------------------------------------------------------------------------
-    def add_token(self, name: str) -> str:
-        """A new random token for client ``name``; only its hash is stored. Returns the token (show it once)."""
+    def add_token(self, name: str, role: str = "verify") -> str:
+        """A new random token for client ``name`` with ``role`` (ROLES: verify, enrol, admin); only its hash is
+        stored. Returns the token (show it once)."""
         if not isinstance(name, str) or not 1 <= len(name) <= 100 or not name.isprintable() or name != name.strip():
             raise GalleryError(f"token name '{shown(name)}' is not allowed: 1-100 printable characters")
+        if role not in ROLES:
+            raise GalleryError(f"token role '{shown(role)}' is not one of {', '.join(ROLES)}")
         token = secrets.token_urlsafe(TOKEN_BYTES)
         with self._tx(write=True) as conn:
             if conn.execute(select(tokens_t.c.name).where(tokens_t.c.name == name)).first():
                 raise ConflictError(f"a token named '{shown(name)}' exists; remove it first "
                                     f"(`faceanonymixer serve token remove {shown(name)}`)")
-            conn.execute(tokens_t.insert().values(name=name, token_hash=hash_token(token), created=time.time()))
+            conn.execute(tokens_t.insert().values(name=name, token_hash=hash_token(token), created=time.time(),
+                                                  role=role))
         return token
 
     def remove_token(self, name: str) -> None:
@@ -397,16 +411,23 @@ class Store:
             if conn.execute(tokens_t.delete().where(tokens_t.c.name == name)).rowcount == 0:
                 raise GalleryError(f"no token named '{shown(name)}' (`faceanonymixer serve token list`)")
 
-    def tokens(self) -> list[tuple[str, float]]:
+    def tokens(self) -> list[tuple[str, float, str]]:
+        """[(name, created, role)] by name."""
         with self._tx(write=False) as conn:
-            return [(n, c) for n, c in conn.execute(select(tokens_t.c.name, tokens_t.c.created)
-                                                    .order_by(tokens_t.c.name))]
+            return [(n, c, r) for n, c, r in conn.execute(select(tokens_t.c.name, tokens_t.c.created, tokens_t.c.role)
+                                                          .order_by(tokens_t.c.name))]
 
     def token_name(self, token: str) -> str | None:
         """The client name of a presented token, or None."""
+        found = self.token_client(token)
+        return None if found is None else found[0]
+
+    def token_client(self, token: str) -> tuple[str, str] | None:
+        """(client name, role) of a presented token, or None."""
         h = hash_token(token)
         with self._tx(write=False) as conn:
-            return conn.execute(select(tokens_t.c.name).where(tokens_t.c.token_hash == h)).scalar_one_or_none()
+            r = conn.execute(select(tokens_t.c.name, tokens_t.c.role).where(tokens_t.c.token_hash == h)).first()
+        return None if r is None else (r[0], r[1])
 
 
 def _first_line(e) -> str:
