@@ -400,6 +400,7 @@ def test_hostile_json_and_field_types_are_422(server):
         assert r.status_code == 422 and "images" in r.json()["detail"]
         r = h.post("/v1/enrol", json=dict(person="Zoe\u0301", key_fingerprint="4" * 16, dry_run=True))
         assert r.status_code == 422 and "NFC" in r.json()["detail"]      # says why a decomposed accent is refused
+        assert h.get("/v1/person/misspelt-michelle").status_code == 404    # the log must not name her (below)
         long_id = "a" * 5000
         r = h.get("/v1/people/" + long_id)
         assert r.status_code == 422 and len(r.text) < 1000      # refused without echoing 5000 characters
@@ -529,7 +530,7 @@ def test_log_lines_are_json_without_tokens_or_person_ids(server, keys):
         assert secret not in text
     for k in keys.values():
         assert Path(k).read_text().split()[-1] not in text
-    for person in ("obama", "michelle", "raced", "org/unit/ana", "Zo"):
+    for person in ("obama", "michelle", "raced", "org/unit/ana", "Zo", "misspelt"):
         assert person not in text
     from faceanonymixer.keys import read_key_file
     for k in keys.values():                          # nor key fingerprints (pseudonyms of people)

@@ -224,3 +224,9 @@ def test_unusable_database_urls_and_files_are_clear_errors(tmp_path, caplog):
         p = tmp_path / name
         if p.exists():
             assert stat.S_IMODE(p.stat().st_mode) == 0o600, name
+
+
+def test_only_loopback_addresses_count_as_private_for_the_listen_warning():
+    from faceanonymixer.service.app import loopback
+    assert all(loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "gallery.example", ""))

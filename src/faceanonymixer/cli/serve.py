@@ -3,14 +3,12 @@ add|list|remove NAME``: manage the clients' API tokens (a new token is printed o
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 from ..fileio import shown
 from ..service import require
 
 HELP = "run the HTTP verification service (protected templates only), or manage its API tokens"
-log = logging.getLogger(__name__)
 
 
 class RefuseToken(argparse.Action):
@@ -127,8 +125,5 @@ def run(args) -> int:
         return 0
     require("fastapi", "uvicorn", "httpx")
     from ..service.app import serve
-    if cfg.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("listening on %s: put the service behind a TLS-terminating proxy (tokens travel in headers)",
-                    shown(cfg.host))
     serve(cfg, "DEBUG" if getattr(args, "verbose", False) else "INFO")
     return 0

@@ -227,6 +227,21 @@ def _validation_detail(e: RequestValidationError) -> str:
     return "; ".join(parts) + ". See the API description at /docs."
 
 
+ROUTES = {"/healthz", "/v1/info", "/v1/enrol", "/v1/verify", "/v1/revoke", "/docs", "/openapi.json",
+          "/docs/oauth2-redirect", "/redoc"}     # the paths the request log names as they are
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address) is reachable from this machine only."""
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class TokenGate:
     """ASGI middleware in front of every ``/v1/`` route: the bearer token, its role (tokens.ROUTE_ROLES) and its
     rate limit are checked from the request's headers, before any byte of the body is read or parsed. A refused
@@ -280,7 +295,8 @@ class RequestLog:
             await self.app(scope, receive, send_)
         finally:
             path = scope.get("path", "")
-            route = "/v1/people/{person}" if path.startswith("/v1/people/") else path[:100]
+            route = ("/v1/people/{person}" if path.startswith("/v1/people/") else path if path in ROUTES
+                     else "(no such route)")       # a mistyped path may hold a person id: never logged
             log.info("request", extra={"fields": dict(event="request", rid=rid, method=scope.get("method"),
                                                       route=route, status=status[0],
                                                       ms=round((time.perf_counter() - t0) * 1000, 1),
@@ -378,6 +394,10 @@ def serve(cfg: ServiceConfig, log_level: str = "INFO") -> None:
     import uvicorn
     logging.config.dictConfig(log_config(log_level))
     logging.captureWarnings(True)            # Python warnings become JSON lines too
+    if not loopback(cfg.host):
+        log.warning("listening on a non-loopback address without TLS: put the service behind a TLS-terminating "
+                    "proxy (API tokens and protected images travel in the requests)",
+                    extra={"fields": dict(event="insecure_listen", host=cfg.host, port=cfg.port)})
     service = Service(cfg)
     app = create_app(service)
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_config=None, access_log=False,
