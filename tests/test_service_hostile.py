@@ -31,10 +31,10 @@ PASSWORD = "S3cretPassw0rd"
 
 
 class FakeServer:
-    """A server that speaks the API's shape but answers what the test says (``verify``: the /v1/verify reply);
-    it records every request body it receives in ``seen``."""
+    """A server that speaks the API's shape but answers what the test says (``verify``: its reply to every POST
+    that is not a dry run); it records every request body it receives in ``seen``."""
 
-    def __init__(self, verify: dict | list):  # the body /v1/verify answers (non dry-run)
+    def __init__(self, verify: dict | list):  # the reply to a POST that is not a dry run
         self.seen: list[dict] = []
         outer = self
 
@@ -110,6 +110,15 @@ def test_client_verify_exits_2_on_a_malformed_or_inconsistent_reply(tiny, key_fi
     assert code == exit_code, out
     if exit_code == 2:
         assert "malformed answer" in out or "unexpected answer" in out
+
+
+def test_client_revoke_refuses_a_reply_that_would_print_escape_codes():
+    srv = FakeServer(dict(person="ana", revoked_key_fingerprint="\x1b]0;owned\x07", deleted=1, stored=0))
+    try:
+        with Client(srv.url, "t" * 43) as c, pytest.raises(FaceAnonyMixerError, match="not a fingerprint"):
+            c.revoke_pngs("ana")
+    finally:
+        srv.close()
 
 
 def test_client_refuses_to_send_a_key_or_an_original_photo():

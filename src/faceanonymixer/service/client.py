@@ -118,6 +118,8 @@ class Client:
         doc = self._call("POST", "/v1/revoke", body)
         if not dry_run:
             self._expect(doc, "/v1/revoke", person, revoked_key_fingerprint=str, deleted=int, stored=int)
+            if not _FINGERPRINT.fullmatch(doc["revoked_key_fingerprint"]):     # it is printed: no escape codes
+                raise self._bad("/v1/revoke", "revoked_key_fingerprint is not a fingerprint")
         return doc
 
     def _bad(self, path: str, why: str) -> FaceAnonyMixerError:
