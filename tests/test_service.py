@@ -375,8 +375,8 @@ def test_token_roles_limit_who_may_change_the_gallery(server, pngs):
         assert r.status_code == 403 and "needs 'admin'" in r.json()["detail"]
     with http(server, server.role_tokens["verify"]) as h:
         assert h.post("/v1/verify", json=verify).json()["match"] is True
-    with http(server) as h:                                       # admin
-        assert h.post("/v1/revoke", json=dict(person="roles")).status_code == 200
+    with httpx.Client(base_url=server.url, headers={"authorization": f"bearer  {server.token}"}) as h:
+        assert h.post("/v1/revoke", json=dict(person="roles")).status_code == 200   # admin; scheme in any case
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)   # refused before the body is sent
     s.sendall(b"POST /v1/enrol HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer " +
               server.role_tokens["verify"].encode() + b"\r\nContent-Length: 900000\r\n\r\n{")
@@ -400,6 +400,8 @@ def test_hostile_json_and_field_types_are_422(server):
         assert r.status_code == 422 and "images" in r.json()["detail"]
         r = h.post("/v1/enrol", json=dict(person="Zoe\u0301", key_fingerprint="4" * 16, dry_run=True))
         assert r.status_code == 422 and "NFC" in r.json()["detail"]      # says why a decomposed accent is refused
+        r = h.post("/v1/enrol", json=dict(person="p422", key_fingerprint="4" * 16, images=[""] * 300_000))
+        assert r.status_code == 422 and "at most 1000 items" in r.json()["detail"]   # refused while parsed
         assert h.get("/v1/person/misspelt-michelle").status_code == 404    # the log must not name her (below)
         long_id = "a" * 5000
         r = h.get("/v1/people/" + long_id)

@@ -42,6 +42,8 @@ API_VERSION = "1"
 
 Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 Person = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+MAX_LIST = 1000        # images in one list, whatever limits.max_images says (its LIMITS top): a body of a million
+                       # empty strings is refused while it is parsed, not after
 
 
 # -- request bodies -------------------------------------------------------------------------------------------
@@ -49,7 +51,7 @@ class EnrolRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     person: Person = Field(description="person id (1-200 printable characters, NFC, no outer spaces)")
     key_fingerprint: Fingerprint = Field(description="the key's public fingerprint (16 hex); never the key")
-    images: list[str] = Field(default_factory=list, description="protected PNGs, base64")
+    images: list[str] = Field(default_factory=list, max_length=MAX_LIST, description="protected PNGs, base64")
     dry_run: StrictBool = Field(False, description="only run the checks enrolment would make (no images needed)")
 
 
@@ -67,7 +69,8 @@ class RevokeRequest(BaseModel):
     person: Person
     new_key_fingerprint: Fingerprint | None = Field(None, description="re-enrol under this key in the same "
                                                     "transaction (with images)")
-    images: list[str] = Field(default_factory=list, description="protected PNGs under the new key, base64")
+    images: list[str] = Field(default_factory=list, max_length=MAX_LIST,
+                              description="protected PNGs under the new key, base64")
     dry_run: StrictBool = False
 
 

@@ -8,7 +8,7 @@ from ..fileio import shown
 from .errors import ApiError, unauthorized
 
 TOKEN_ENV = "FACEANONYMIXER_TOKEN"        # where `faceanonymixer client` reads its token by default
-_BEARER = re.compile(r"Bearer ([A-Za-z0-9_\-]{16,128})")
+_BEARER = re.compile(r"(?i:bearer) +([A-Za-z0-9_\-]{16,128})")   # the scheme is case-insensitive (RFC 7235)
 
 
 def bearer(header: str | None) -> str:
