@@ -85,6 +85,8 @@ def key_file(tmp_path_factory):
 # -- the client trusts no reply -----------------------------------------------------------------------------
 @pytest.mark.parametrize("reply, exit_code", [
     ("honest-no", 1),                                            # a well-formed "no match": exit 1
+    (dict(match=True, score=None, threshold=0.5), 0),            # the default server tells no score
+    (dict(match=False, score=None, threshold=0.5), 1),
     (dict(match="false", score=0.1, threshold=0.5), 2),          # a string is not a boolean (it is truthy)
     (dict(match=True, score=-0.9, threshold=0.5), 2),            # match that does not follow from the score
     ({}, 2),                                                     # nothing: an error, not exit 1 (= "no match")

@@ -122,7 +122,8 @@ class Service:
     def info(self) -> dict:
         lim = self.cfg.limits
         return dict(api=API_VERSION, matcher=self.profile.matcher, resolution=self.profile.resolution,
-                    threshold=self.profile.threshold, max_images=lim.max_images,
+                    threshold=self.profile.threshold, reveal_score=self.cfg.match.reveal_score,
+                    max_images=lim.max_images,
                     max_image_bytes=lim.max_image_bytes, max_body_bytes=lim.max_body_bytes)
 
     def _check_count(self, b64s: list[str]) -> None:
@@ -177,7 +178,8 @@ class Service:
         e = embed(self.matcher, from_uint8(probe[None]))[0]
         thr = self.profile.threshold
         score = float((np.stack([t for _, _, t in tpl]) @ e).max())
-        return dict(person=req.person, match=bool(score >= thr), score=round(score, 4), threshold=thr,
+        return dict(person=req.person, match=bool(score >= thr),
+                    score=round(score, 4) if self.cfg.match.reveal_score else None, threshold=thr,
                     key_fingerprint=req.key_fingerprint, templates=len(tpl))
 
     def revoke(self, req: RevokeRequest) -> dict:

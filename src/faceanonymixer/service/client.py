@@ -102,8 +102,10 @@ class Client:
         doc = self._call("POST", "/v1/verify", body)
         if dry_run:
             return doc
-        self._expect(doc, "/v1/verify", person, match=bool, score=float, threshold=float)
-        margin = doc["score"] - doc["threshold"]       # the score is rounded to 4 decimals, the decision is not
+        self._expect(doc, "/v1/verify", person, match=bool, threshold=float)
+        if doc.get("score") is not None:       # null unless the server reveals scores (match.reveal_score)
+            self._expect(doc, "/v1/verify", person, score=float)
+        margin = 0.0 if doc.get("score") is None else doc["score"] - doc["threshold"]   # score rounded to 4 places
         if (doc["match"] and margin < -1e-4) or (not doc["match"] and margin > 1e-4) \
                 or doc.get("key_fingerprint") != key_fingerprint:
             raise self._bad("/v1/verify", "its match does not follow from its score and threshold, or it is about "

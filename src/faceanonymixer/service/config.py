@@ -21,6 +21,8 @@ class MatchConfig:
                                           # (workflow.verify_threshold)
     device: str = "cpu"
     threads: int = 1                      # torch threads for embedding
+    reveal_score: bool = False            # verify answers carry the cosine score; off: score is null (a score lets a
+                                          # token holder hill-climb a synthetic probe towards a person's templates)
 
     LIMITS = dict(resolution=(16, 4096), threshold=(-1.0, 1.0), threads=(1, 256))
 
