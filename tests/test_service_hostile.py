@@ -235,6 +235,11 @@ def test_unusable_database_urls_and_files_are_clear_errors(tmp_path, caplog):
         p = tmp_path / name
         if p.exists():
             assert stat.S_IMODE(p.stat().st_mode) == 0o600, name
+    os.chmod(tmp_path / "new.db", 0o644)                                # an older gallery, readable by all: said
+    with caplog.at_level(logging.WARNING, logger="faceanonymixer.service.store"):
+        Store(f"sqlite:///{tmp_path / 'new.db'}").close()
+    assert any("can be read by other users" in r.getMessage() for r in caplog.records)
+    assert stat.S_IMODE((tmp_path / "new.db").stat().st_mode) == 0o644  # and left as the operator set it
 
 
 def test_only_loopback_addresses_count_as_private_for_the_listen_warning():

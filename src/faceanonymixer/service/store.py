@@ -149,6 +149,9 @@ def _create_private(path: str) -> None:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         except FileExistsError:      # made by another process meanwhile: theirs
             pass
+    elif path and os.path.isfile(path) and os.stat(path).st_mode & 0o077:
+        log.warning("service gallery %s can be read by other users (mode %o); `chmod 600` it and its -wal/-shm "
+                    "files", shown(path), os.stat(path).st_mode & 0o777)
 
 
 def hash_token(token: str) -> str:
