@@ -165,6 +165,9 @@ def test_client_enrols_verifies_and_revokes_the_sample_photos(server, tiny, keys
     assert client(server, "verify", "obama", str(SAMPLES / "obama3.jpg"), "--key", k1, protector=tiny) == 0
     v = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert v["match"] and v["threshold"] == -1 and v["score"] is None and v["templates"] == 2   # no score oracle
+    # another key's probe is not scored against obama's templates: 409 from the dry run, before any protection
+    assert client(server, "verify", "obama", str(SAMPLES / "obama3.jpg"), "--key", k2) == 2
+    assert "not the key 'obama' is enrolled under" in capsys.readouterr().out
     # a second key for an enrolled person: 409 with the way out, before any protection work
     assert client(server, "enrol", "obama", str(SAMPLES / "obama.jpg"), "--key", k2, protector=tiny) == 2
     out = capsys.readouterr().out
@@ -375,6 +378,11 @@ def test_token_roles_limit_who_may_change_the_gallery(server, pngs):
         assert r.status_code == 403 and "needs 'admin'" in r.json()["detail"]
     with http(server, server.role_tokens["verify"]) as h:
         assert h.post("/v1/verify", json=verify).json()["match"] is True
+        assert "key_fingerprint" not in h.get("/v1/people/roles").json()    # a verify token cannot read it
+        r = h.post("/v1/verify", json=dict(verify, key_fingerprint=Key.generate().fingerprint))
+        assert r.status_code == 409 and "not the key 'roles' is enrolled under" in r.json()["detail"]
+    with http(server) as h:
+        assert h.get("/v1/people/roles").json()["key_fingerprint"] == fp_
     with httpx.Client(base_url=server.url, headers={"authorization": f"bearer  {server.token}"}) as h:
         assert h.post("/v1/revoke", json=dict(person="roles")).status_code == 200   # admin; scheme in any case
     s = socket.create_connection(("127.0.0.1", server.port), timeout=10)   # refused before the body is sent

@@ -173,6 +173,9 @@ class Service:
         if any(m != self.profile.matcher for _, m, _ in tpl):
             raise ConflictError(f"'{shown(req.person)}' was enrolled with another matcher than "
                                 f"{self.profile.matcher}; revoke and re-enrol")
+        if any(fp != req.key_fingerprint for fp, _, _ in tpl):     # a probe is scored only under the enrolled key
+            raise ConflictError(f"key {req.key_fingerprint} is not the key '{shown(req.person)}' is enrolled under; "
+                                "verify with the key file used for enrolment")
         if req.dry_run:
             return dict(person=req.person, ok=True, dry_run=True, templates=len(tpl))
         e = embed(self.matcher, from_uint8(probe[None]))[0]
@@ -263,7 +266,7 @@ class TokenGate:
         try:
             name, role = await run_in_threadpool(authenticate, self.service.store,
                                                  None if header is None else header.decode("latin-1"))
-            scope.setdefault("state", {})["client"] = name
+            scope.setdefault("state", {}).update(client=name, role=role)
             authorize(name, role, scope["path"])
             wait = self.service.limiter.take(name)
             if wait > 0:
@@ -381,8 +384,11 @@ def create_app(service: Service) -> FastAPI:
         return await run_in_threadpool(service.track, service.revoke, req)
 
     @app.get("/v1/people/{person:path}", summary="a person's enrolment state (no templates or images)")
-    async def person(person: str, _: Client):
-        return await run_in_threadpool(service.person, person)
+    async def person(person: str, request: Request, _: Client):
+        doc = await run_in_threadpool(service.person, person)
+        if request.scope["state"].get("role") == "verify":   # the fingerprint would be half of what verify needs
+            doc.pop("key_fingerprint", None)
+        return doc
 
     app.add_middleware(BodyLimit, max_bytes=service.cfg.limits.max_body_bytes,
                        timeout_s=service.cfg.limits.body_timeout_s)
