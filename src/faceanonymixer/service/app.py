@@ -33,7 +33,7 @@ from ..workflow import embed
 from .config import ServiceConfig, resolve_profile
 from .errors import ApiError, invalid, too_large
 from .jsonlog import log_config
-from .limits import BodyLimit, RateLimiter, _reply, decode_b64, decode_png
+from .limits import BodyLimit, RateLimiter, decode_b64, decode_png, reply_error
 from .store import ConflictError, Store, StoreUnavailable
 from .tokens import authenticate, authorize
 
@@ -276,8 +276,10 @@ class TokenGate:
             status, error, detail = _as_api_error(e)
             if isinstance(e, StoreUnavailable):
                 log.warning("token check failed", extra={"fields": dict(event="unavailable", detail=str(e))})
+            elif status == 500:
+                log.error("unhandled error in the token check", exc_info=e, extra={"fields": dict(event="error")})
             headers = getattr(e, "headers", None) or ({"www-authenticate": "Bearer"} if status == 401 else None)
-            return await _reply(send, ApiError(status, error, shown(detail), headers))
+            return await reply_error(send, ApiError(status, error, shown(detail), headers))
         return await self.app(scope, receive, send)
 
 

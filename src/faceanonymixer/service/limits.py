@@ -134,9 +134,9 @@ class BodyLimit:
             try:
                 n = int(length)
             except ValueError:
-                return await _reply(send, invalid("Content-Length is not a number"))
+                return await reply_error(send, invalid("Content-Length is not a number"))
             if n > self.max_bytes:
-                return await _reply(send, self._too_big(n))
+                return await reply_error(send, self._too_big(n))
         chunks, total = [], 0
         loop = asyncio.get_running_loop()
         end = loop.time() + self.timeout_s
@@ -144,7 +144,7 @@ class BodyLimit:
             try:
                 msg = await asyncio.wait_for(receive(), max(0.0, end - loop.time()))
             except asyncio.TimeoutError:
-                return await _reply(send, ApiError(
+                return await reply_error(send, ApiError(
                     408, "request_timeout", f"the request body did not arrive within {self.timeout_s:g} s (received "
                     f"{total} bytes); send it at once"))
             if msg["type"] == "http.disconnect":
@@ -152,7 +152,7 @@ class BodyLimit:
             body = msg.get("body", b"")
             total += len(body)
             if total > self.max_bytes:
-                return await _reply(send, self._too_big(total, at_least=True))
+                return await reply_error(send, self._too_big(total, at_least=True))
             chunks.append(body)
             if not msg.get("more_body", False):
                 break
@@ -171,7 +171,7 @@ class BodyLimit:
                          f"{self.max_bytes} bytes; send fewer images per request")
 
 
-async def _reply(send, e: ApiError):
+async def reply_error(send, e: ApiError):
     """Answer ``e`` as the JSON error body and close the connection (the unread rest of a body is not read)."""
     body = json.dumps({"error": e.error, "detail": e.detail}).encode()
     extra = [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in (e.headers or {}).items()]
