@@ -43,11 +43,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def add_token(db: str, name: str) -> str:
-    """`faceanonymixer serve token add NAME` (the real command); the token is its last line."""
+def add_token(db: str, name: str, role: str = "admin") -> str:
+    """`faceanonymixer serve token add NAME --role ROLE` (the real command); the token is its last line."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        assert run_cli(["serve", "token", "add", name, "--db", db]) == 0
+        assert run_cli(["serve", "token", "add", name, "--db", db, "--role", role]) == 0
     return buf.getvalue().strip().splitlines()[-1]
 
 
@@ -108,9 +108,10 @@ def tiny():
 def server(db_url, tmp_path_factory):
     token = add_token(db_url, "ci")
     gone = add_token(db_url, "gone")
+    roles = {role: add_token(db_url, f"{role}-station", role) for role in ("verify", "enrol")}
     assert run_cli(["serve", "token", "remove", "gone", "--db", db_url]) == 0
     srv = Server(db_url, tmp_path_factory.mktemp("log"))
-    srv.token, srv.removed_token = token, gone
+    srv.token, srv.removed_token, srv.role_tokens = token, gone, roles
     yield srv
     srv.stop()
 
@@ -163,7 +164,10 @@ def test_client_enrols_verifies_and_revokes_the_sample_photos(server, tiny, keys
     assert st["enrolled"] and st["templates"] == 2 and st["key_fingerprint"] == fp(k1)
     assert client(server, "verify", "obama", str(SAMPLES / "obama3.jpg"), "--key", k1, protector=tiny) == 0
     v = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert v["match"] and v["threshold"] == -1 and -1 <= v["score"] <= 1 and v["templates"] == 2
+    assert v["match"] and v["threshold"] == -1 and v["score"] is None and v["templates"] == 2   # no score oracle
+    # another key's probe is not scored against obama's templates: 409 from the dry run, before any protection
+    assert client(server, "verify", "obama", str(SAMPLES / "obama3.jpg"), "--key", k2) == 2
+    assert "not the key 'obama' is enrolled under" in capsys.readouterr().out
     # a second key for an enrolled person: 409 with the way out, before any protection work
     assert client(server, "enrol", "obama", str(SAMPLES / "obama.jpg"), "--key", k2, protector=tiny) == 2
     out = capsys.readouterr().out
@@ -337,6 +341,137 @@ def test_concurrent_enrols_of_one_person_with_two_keys_let_one_in(server, pngs):
     assert doc["key_fingerprint"] == keys_[codes.index(200)] and doc["templates"] == 1
 
 
+# -- hostile clients (tests/test_service_hostile.py has the ones that need no server) -------------------------
+def test_a_bad_token_is_refused_from_the_headers_before_any_body_is_read(server):
+    """No token, or a wrong one: 401 as soon as the headers are in, without waiting for (or parsing) a body: an
+    anonymous client cannot make the server buffer megabytes or parse JSON."""
+    for auth in (b"", b"Authorization: Bearer wrong-token-wrong-token-wrong\r\n"):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.sendall(b"POST /v1/enrol HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + auth +
+                  b"Content-Length: 900000\r\n\r\n{")
+        t0 = time.monotonic()
+        status, doc = _response(s)
+        assert status == 401 and doc["error"] == "unauthorized" and time.monotonic() - t0 < 8
+    with httpx.Client(base_url=server.url, timeout=30) as h:
+        r = h.post("/v1/verify", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        r = h.post("/v1/people/x", content=b"{}", headers={"authorization": "Bearer " + "x" * 40})
+        assert r.status_code == 401
+
+
+def test_token_roles_limit_who_may_change_the_gallery(server, pngs):
+    """Any token could add templates under any fingerprint (the server cannot tell which key protected an image)
+    or revoke anyone: so a verify token (the default of `serve token add`) may only verify and read, an enrol
+    token may also enrol, only an admin token may revoke. Refused from the headers (403), before the body."""
+    fp_ = Key.generate().fingerprint
+    enrol = dict(person="roles", key_fingerprint=fp_, images=[b64(pngs[0])])
+    verify = dict(person="roles", key_fingerprint=fp_, image=b64(pngs[1]))
+    with http(server, server.role_tokens["verify"]) as h:
+        for path, body in (("/v1/enrol", enrol), ("/v1/revoke", dict(person="roles"))):
+            r = h.post(path, json=body)
+            assert r.status_code == 403 and r.json()["error"] == "forbidden", r.text
+            assert "role 'verify'" in r.json()["detail"] and "--role" in r.json()["detail"]
+        assert h.get("/v1/people/roles").json()["enrolled"] is False
+    with http(server, server.role_tokens["enrol"]) as h:
+        assert h.post("/v1/enrol", json=enrol).status_code == 200
+        r = h.post("/v1/revoke", json=dict(person="roles"))
+        assert r.status_code == 403 and "needs 'admin'" in r.json()["detail"]
+    with http(server, server.role_tokens["verify"]) as h:
+        assert h.post("/v1/verify", json=verify).json()["match"] is True
+        assert "key_fingerprint" not in h.get("/v1/people/roles").json()    # a verify token cannot read it
+        r = h.post("/v1/verify", json=dict(verify, key_fingerprint=Key.generate().fingerprint))
+        assert r.status_code == 409 and "not the key 'roles' is enrolled under" in r.json()["detail"]
+    with http(server) as h:
+        assert h.get("/v1/people/roles").json()["key_fingerprint"] == fp_
+    with httpx.Client(base_url=server.url, headers={"authorization": f"bearer  {server.token}"}) as h:
+        assert h.post("/v1/revoke", json=dict(person="roles")).status_code == 200   # admin; scheme in any case
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)   # refused before the body is sent
+    s.sendall(b"POST /v1/enrol HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer " +
+              server.role_tokens["verify"].encode() + b"\r\nContent-Length: 900000\r\n\r\n{")
+    assert _response(s)[0] == 403
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert run_cli(["serve", "token", "list", "--db", server.db]) == 0
+    assert {tuple(x.split("\t")) for x in out.getvalue().splitlines()} == {
+        ("ci", "admin"), ("verify-station", "verify"), ("enrol-station", "enrol")}
+
+
+def test_hostile_json_and_field_types_are_422(server):
+    with http(server) as h:
+        bomb = b"[" * 200_000 + b"]" * 200_000                   # deeper than any JSON parser recursion
+        r = h.post("/v1/enrol", content=bomb, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"] == "invalid_request", r.text
+        for dry in ("yes", 1, "true", None):                      # a boolean is a JSON boolean, nothing else
+            r = h.post("/v1/enrol", json=dict(person="p422", key_fingerprint="4" * 16, dry_run=dry))
+            assert r.status_code == 422 and "dry_run" in r.json()["detail"], (dry, r.text)
+        r = h.post("/v1/enrol", json=dict(person="p422", key_fingerprint="4" * 16, images="not a list"))
+        assert r.status_code == 422 and "images" in r.json()["detail"]
+        r = h.post("/v1/enrol", json=dict(person="Zoe\u0301", key_fingerprint="4" * 16, dry_run=True))
+        assert r.status_code == 422 and "NFC" in r.json()["detail"]      # says why a decomposed accent is refused
+        r = h.post("/v1/enrol", json=dict(person="p422", key_fingerprint="4" * 16, images=[""] * 300_000))
+        assert r.status_code == 422 and "at most 1000 items" in r.json()["detail"]   # refused while parsed
+        assert h.get("/v1/person/misspelt-michelle").status_code == 404    # the log must not name her (below)
+        long_id = "a" * 5000
+        r = h.get("/v1/people/" + long_id)
+        assert r.status_code == 422 and len(r.text) < 1000      # refused without echoing 5000 characters
+
+
+def _with_chunk(png: bytes, kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return png[:33] + chunk + png[33:]                           # right after IHDR
+
+
+def test_png_metadata_bombs_are_refused_before_decoding(server, pngs):
+    """Compressed metadata (zTXt text, an iCCP profile) would be inflated by the decoder (up to megabytes each):
+    a protected image carries none, so the chunk is refused by name, from the chunk list."""
+    import zlib
+    blob = zlib.compress(b"\0" * 1_000_000, 9)
+    many_ztxt = pngs[0]
+    for i in range(100):
+        many_ztxt = _with_chunk(many_ztxt, b"zTXt", b"k%d\0\0" % i + blob)
+    cases = [(many_ztxt, "zTXt"), (_with_chunk(pngs[0], b"iCCP", b"icc\0\0" + blob), "iCCP"),
+             (_with_chunk(pngs[0], b"iTXt", b"k\0\1\0\0\0" + blob), "iTXt")]
+    with http(server) as h:
+        for data, name in cases:
+            r = h.post("/v1/verify", json=dict(person="pbomb", key_fingerprint="5" * 16, image=b64(data)))
+            assert r.status_code == 422 and f"chunk '{name}'" in r.json()["detail"], r.text
+        ok = _with_chunk(pngs[0], b"tEXt", b"Software\0faceanonymixer")    # plain small metadata is fine
+        r = h.post("/v1/enrol", json=dict(person="pbomb", key_fingerprint=Key.generate().fingerprint,
+                                          images=[b64(ok)]))
+        assert r.status_code == 200, r.text
+
+
+def test_revoke_racing_verify_never_lets_the_revoked_key_match(server, pngs):
+    """Verifications under key k1 hammer the server from three connections while k1 is revoked (and the person
+    re-enrolled under k2): every verification that starts after the revoke answered is a 403."""
+    k1, k2 = Key.generate().fingerprint, Key.generate().fingerprint
+    with http(server) as h:
+        assert h.post("/v1/enrol", json=dict(person="racer", key_fingerprint=k1, images=[b64(pngs[0])])).is_success
+    revoked_at, seen = [None], []
+
+    def hammer():
+        with http(server) as c:
+            while True:
+                t0 = time.monotonic()
+                r = c.post("/v1/verify", json=dict(person="racer", key_fingerprint=k1, image=b64(pngs[1])))
+                seen.append((t0, r.status_code))
+                if revoked_at[0] is not None and t0 > revoked_at[0]:
+                    return
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    [t.start() for t in threads]
+    time.sleep(0.3)
+    with http(server) as h:
+        r = h.post("/v1/revoke", json=dict(person="racer", new_key_fingerprint=k2, images=[b64(pngs[0])]))
+    revoked_at[0] = time.monotonic()
+    [t.join(60) for t in threads]
+    assert r.status_code == 200
+    assert {code for t0, code in seen if t0 < revoked_at[0] - 5} <= {200}
+    late = [code for t0, code in seen if t0 > revoked_at[0]]
+    assert late and set(late) == {403}, late
+
+
 # -- shutdown and logs (these two run last: they stop the module's server) ----------------------------------
 def _raw_request(port: int, token: str, path: str, doc: dict) -> tuple[socket.socket, bytes]:
     """A socket with an HTTP request sent up to half of its body, and the rest of the body."""
@@ -400,12 +535,12 @@ def test_log_lines_are_json_without_tokens_or_person_ids(server, keys):
     lines = server.lines()                           # every line parses as JSON
     reqs = [x for x in lines if x.get("event") == "request"]
     assert len(reqs) > 20 and {x["status"] for x in reqs} >= {200, 401, 403, 404, 409, 413, 415, 422}
-    assert all(x["client"] in ("ci", None) for x in reqs)
-    for secret in (server.token, server.removed_token, "wrong-token-", "Bearer"):
+    assert all(x["client"] in ("ci", "verify-station", "enrol-station", None) for x in reqs)
+    for secret in (server.token, server.removed_token, *server.role_tokens.values(), "wrong-token-", "Bearer"):
         assert secret not in text
     for k in keys.values():
         assert Path(k).read_text().split()[-1] not in text
-    for person in ("obama", "michelle", "raced", "org/unit/ana", "Zo"):
+    for person in ("obama", "michelle", "raced", "racer", "pbomb", "org/unit/ana", "Zo", "misspelt"):
         assert person not in text
     from faceanonymixer.keys import read_key_file
     for k in keys.values():                          # nor key fingerprints (pseudonyms of people)
@@ -432,15 +567,62 @@ def test_rate_limit_per_token_is_429_with_retry_after(tmp_path):
         assert tc.get("/healthz").status_code == 200                                             # no token
 
 
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_the_score_is_told_only_when_the_operator_says_so(tmp_path, pngs):
+    """A verify token that gets scores can hill-climb a synthetic probe towards anyone's templates (the person's
+    fingerprint is public): by default the answer is the decision only; match.reveal_score=true adds the score."""
+    from fastapi.testclient import TestClient
+
+    from faceanonymixer.service.app import Service, create_app
+    from faceanonymixer.service.config import load_service_config
+    for reveal in (False, True):
+        svc = Service(load_service_config(None, [f"db=sqlite:///{tmp_path / f'{reveal}.db'}", "match.threshold=-1",
+                                                 f"match.resolution={SIDE}", f"match.reveal_score={reveal}"]))
+        tok, k = svc.store.add_token("a", "enrol"), Key.generate().fingerprint
+        with TestClient(create_app(svc)) as tc:
+            h = {"authorization": f"Bearer {tok}"}
+            assert tc.get("/v1/info", headers=h).json()["reveal_score"] is reveal
+            assert tc.post("/v1/enrol", headers=h, json=dict(person="s", key_fingerprint=k,
+                                                             images=[b64(pngs[0])])).status_code == 200
+            doc = tc.post("/v1/verify", headers=h, json=dict(person="s", key_fingerprint=k, image=b64(pngs[1]))).json()
+            assert doc["match"] is True and (isinstance(doc["score"], float) if reveal else doc["score"] is None)
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_a_broken_database_is_503_without_its_name_or_error(tmp_path):
+    """The database's location and error are the operator's (logged), never told to a client (healthz needs no
+    token)."""
+    from fastapi.testclient import TestClient
+
+    from faceanonymixer.service.app import Service, create_app
+    from faceanonymixer.service.config import load_service_config
+    path = tmp_path / "secret-location.db"
+    svc = Service(load_service_config(None, [f"db=sqlite:///{path}", f"match.resolution={SIDE}"]))
+    tok = svc.store.add_token("a")
+    with TestClient(create_app(svc)) as tc:
+        assert tc.get("/healthz").status_code == 200
+        svc.store.engine.dispose()
+        for p in tmp_path.glob("secret-location.db*"):
+            p.write_bytes(b"not a database any more " * 100)
+        for r in (tc.get("/healthz"), tc.get("/v1/info", headers={"authorization": f"Bearer {tok}"})):
+            assert r.status_code == 503 and r.json()["error"] == "unavailable", r.text
+            assert "secret-location" not in r.text and "not a database" not in r.text
+
+
 def test_store_schema_upgrade_and_foreign_databases(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     with Store(url, target_version=1) as s:          # a gallery made before API tokens (schema v1)
         s.enrol("ana", "a" * 16, "sface", np.eye(1, 128, dtype=np.float32), [b"png"])
         with s.engine.connect() as c:
             assert s.version(c) == 1
+    with Store(url, target_version=2) as s:           # schema v2: tokens without roles
+        from sqlalchemy import text
+        with s.engine.begin() as c:
+            c.execute(text("INSERT INTO fam_tokens VALUES ('old', 'h' , 0)"))
     with Store(url) as s:                            # opened by this version: upgraded, data kept
         assert s.stats() == dict(people=1, templates=1, revoked_keys=0, schema=SCHEMA_VERSION)
-        assert s.token_name(s.add_token("t")) == "t"
+        assert s.token_client(s.add_token("t")) == ("t", "verify")
+        assert [(n, r) for n, _, r in s.tokens()] == [("old", "admin"), ("t", "verify")]  # old: full rights kept
         from sqlalchemy import text
         with s.engine.begin() as c:
             c.execute(text("UPDATE fam_schema SET version = 99"))

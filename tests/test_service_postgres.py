@@ -23,6 +23,9 @@ from test_service import test_malformed_requests_are_422  # noqa: F401
 from test_service import test_person_ids_with_slashes_and_unicode_round_trip  # noqa: F401
 from test_service import test_same_templates_twice_are_stored_once_and_keys_belong_to_one_person  # noqa: F401
 from test_service import test_concurrent_enrols_of_one_person_with_two_keys_let_one_in  # noqa: F401
+from test_service import test_a_bad_token_is_refused_from_the_headers_before_any_body_is_read  # noqa: F401
+from test_service import test_token_roles_limit_who_may_change_the_gallery  # noqa: F401
+from test_service import test_revoke_racing_verify_never_lets_the_revoked_key_match  # noqa: F401
 from test_service import test_sigterm_lets_in_flight_enrolments_finish  # noqa: F401
 from test_service import test_log_lines_are_json_without_tokens_or_person_ids  # noqa: F401
 

@@ -12,6 +12,10 @@ and the original photos never leave this process.
 from __future__ import annotations
 
 import base64
+import ipaddress
+import logging
+import math
+import re
 import urllib.parse
 
 from ..errors import FaceAnonyMixerError
@@ -20,6 +24,10 @@ from ..keys import Key
 from ..pipeline import png_bytes
 from ..workflow import AppConfig, Enrolment, protect_enrolment
 from .errors import ApiError
+
+log = logging.getLogger(__name__)
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+_PNG = b"\x89PNG\r\n\x1a\n"
 
 
 class Client:
@@ -34,6 +42,10 @@ class Client:
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
             raise FaceAnonyMixerError(f"server URL '{shown(url)}' must start with http:// or https://")
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        if self.url.startswith("http://") and not _loopback(host):
+            log.warning("the service at %s is reached over plain http: the API token and the protected images travel "
+                        "unencrypted; use https:// (a TLS-terminating proxy in front of the server)", shown(self.url))
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self._httpx = httpx
@@ -73,21 +85,86 @@ class Client:
     def person(self, person: str) -> dict:
         return self._call("GET", "/v1/people/" + urllib.parse.quote(person, safe=""))
 
+    # Every method checks what it is about to send (a fingerprint, never a key; PNGs, never a JPEG original) and
+    # what the server answered (types, and that the answer is about this request): a broken or hostile server's
+    # reply is an error, never a match.
     def enrol_pngs(self, person: str, key_fingerprint: str, pngs: list[bytes], dry_run: bool = False) -> dict:
-        return self._call("POST", "/v1/enrol", dict(person=person, key_fingerprint=key_fingerprint,
-                                                    images=[_b64(p) for p in pngs], dry_run=dry_run))
+        body = dict(person=person, key_fingerprint=_fingerprint(key_fingerprint, "key_fingerprint"),
+                    images=[_b64(p, f"images[{i}]") for i, p in enumerate(pngs)], dry_run=dry_run)
+        doc = self._call("POST", "/v1/enrol", body)
+        if not dry_run:
+            self._expect(doc, "/v1/enrol", person, stored=int, duplicates=int)
+        return doc
 
     def verify_png(self, person: str, key_fingerprint: str, png: bytes | None, dry_run: bool = False) -> dict:
-        return self._call("POST", "/v1/verify", dict(person=person, key_fingerprint=key_fingerprint,
-                                                     image=None if png is None else _b64(png), dry_run=dry_run))
+        body = dict(person=person, key_fingerprint=_fingerprint(key_fingerprint, "key_fingerprint"),
+                    image=None if png is None else _b64(png, "image"), dry_run=dry_run)
+        doc = self._call("POST", "/v1/verify", body)
+        if dry_run:
+            return doc
+        self._expect(doc, "/v1/verify", person, match=bool, threshold=float)
+        if doc.get("score") is not None:       # null unless the server reveals scores (match.reveal_score)
+            self._expect(doc, "/v1/verify", person, score=float)
+        margin = 0.0 if doc.get("score") is None else doc["score"] - doc["threshold"]   # score rounded to 4 places
+        if (doc["match"] and margin < -1e-4) or (not doc["match"] and margin > 1e-4) \
+                or doc.get("key_fingerprint") != key_fingerprint:
+            raise self._bad("/v1/verify", "its match does not follow from its score and threshold, or it is about "
+                            "another key")
+        return doc
 
     def revoke_pngs(self, person: str, new_key_fingerprint: str | None = None, pngs: list[bytes] | None = None,
                     dry_run: bool = False) -> dict:
-        return self._call("POST", "/v1/revoke", dict(person=person, new_key_fingerprint=new_key_fingerprint,
-                                                     images=[_b64(p) for p in pngs or []], dry_run=dry_run))
+        fp = None if new_key_fingerprint is None else _fingerprint(new_key_fingerprint, "new_key_fingerprint")
+        body = dict(person=person, new_key_fingerprint=fp,
+                    images=[_b64(p, f"images[{i}]") for i, p in enumerate(pngs or [])], dry_run=dry_run)
+        doc = self._call("POST", "/v1/revoke", body)
+        if not dry_run:
+            self._expect(doc, "/v1/revoke", person, revoked_key_fingerprint=str, deleted=int, stored=int)
+            if not _FINGERPRINT.fullmatch(doc["revoked_key_fingerprint"]):     # it is printed: no escape codes
+                raise self._bad("/v1/revoke", "revoked_key_fingerprint is not a fingerprint")
+        return doc
+
+    def _bad(self, path: str, why: str) -> FaceAnonyMixerError:
+        return FaceAnonyMixerError(f"the service at {self.url} gave a malformed answer to {path} ({why}); nothing "
+                                   "is taken from it. Is --server a faceanonymixer service of this version?")
+
+    def _expect(self, doc: dict, path: str, person: str, **types) -> None:
+        """``doc`` names ``person`` and has each field with its type (bool is not a number; numbers are finite)."""
+        if doc.get("person") != person:
+            raise self._bad(path, "it is about another person id")
+        for k, t in types.items():
+            v = doc.get(k)
+            ok = (isinstance(v, bool) if t is bool else
+                  isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) if t is float else
+                  isinstance(v, int) and not isinstance(v, bool) and v >= 0 if t is int else isinstance(v, t))
+            if not ok:
+                raise self._bad(path, f"field '{k}' is missing or not a {t.__name__}")
 
 
-def _b64(png: bytes) -> str:
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _fingerprint(fp, what: str) -> str:
+    """A key fingerprint (16 lower-case hex) or FaceAnonyMixerError (value not shown: it may be a key)."""
+    if not isinstance(fp, str) or not _FINGERPRINT.fullmatch(fp):
+        raise FaceAnonyMixerError(f"{what} must be a key's fingerprint (16 hex digits, Key.fingerprint), never the "
+                                  "key itself (value not shown); nothing was sent")
+    return fp
+
+
+def _b64(png: bytes, what: str = "image") -> str:
+    """A protected PNG as base64; anything that is not PNG bytes (an original JPEG, a path, a key) is refused
+    here, before it leaves this process."""
+    if not isinstance(png, (bytes, bytearray)) or not bytes(png[:8]) == _PNG:
+        raise FaceAnonyMixerError(f"{what}: not PNG bytes; the service takes protected PNGs only (the protector's "
+                                  "output, e.g. pipeline.png_bytes(image)), never an original photo; nothing was "
+                                  "sent")
     return base64.b64encode(png).decode("ascii")
 
 

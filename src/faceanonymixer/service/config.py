@@ -21,6 +21,8 @@ class MatchConfig:
                                           # (workflow.verify_threshold)
     device: str = "cpu"
     threads: int = 1                      # torch threads for embedding
+    reveal_score: bool = False            # verify answers carry the cosine score; off: score is null (a score lets a
+                                          # token holder hill-climb a synthetic probe towards a person's templates)
 
     LIMITS = dict(resolution=(16, 4096), threshold=(-1.0, 1.0), threads=(1, 256))
 
@@ -32,9 +34,12 @@ class LimitsConfig:
     max_images: int = 16                  # images in one enrol / revoke request
     rate: float = 20.0                    # requests per second per API token (token bucket refill)
     burst: int = 40                       # bucket size: requests a token may send at once
+    body_timeout_s: float = 60.0          # a request body must arrive within this many seconds (else 408)
+    max_connections: int = 256            # connections + requests in progress; more get 503 (uvicorn's
+                                          # limit_concurrency)
 
     LIMITS = dict(max_body_bytes=(1024, 1_000_000_000), max_image_bytes=(100, 500_000_000), max_images=(1, 1000),
-                  rate=(0.001, 1e6), burst=(1, 1_000_000))
+                  rate=(0.001, 1e6), burst=(1, 1_000_000), body_timeout_s=(0.1, 3600.0), max_connections=(1, 100_000))
 
 
 @dataclass

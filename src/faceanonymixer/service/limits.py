@@ -3,10 +3,12 @@ images that are PNGs of the expected side decoded by the rules of faceanonymixer
 request rate per API token (``RateLimiter``, a token bucket in process)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
 import json
+import struct
 import threading
 import time
 import warnings
@@ -18,6 +20,29 @@ from ..images import FULL_DECODE_PIXELS, _to_rgb
 from .errors import ApiError, invalid, too_large, unsupported
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Chunks a protected image may carry. Compressed metadata (zTXt, iTXt, iCCP) is refused before the decoder sees it:
+# the protector writes none, and each costs the decoder up to megabytes of inflating (a metadata bomb).
+PNG_CHUNKS = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT", b"pHYs", b"bKGD",
+              b"tIME", b"tEXt"}
+
+
+def check_png_chunks(data: bytes, what: str) -> None:
+    """Walk the chunk list of a PNG (signature already checked) without inflating anything: every chunk must be
+    one of ``PNG_CHUNKS`` and lie inside the data (422 otherwise, naming the chunk)."""
+    pos, n = len(PNG_SIGNATURE), len(data)
+    while pos + 8 <= n:
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind not in PNG_CHUNKS:
+            name = kind.decode("latin-1") if kind.isalpha() else kind.hex()
+            raise invalid(f"{what}: PNG chunk '{name}' is not accepted (a protected image holds pixels only, no "
+                          "compressed metadata or colour profile); save it without metadata")
+        if pos + 12 + length > n:
+            raise invalid(f"{what}: the PNG data is damaged or truncated (chunk {kind.decode('latin-1')} runs past "
+                          "the end); re-export it")
+        pos += 12 + length
+        if kind == b"IEND":
+            return
+    raise invalid(f"{what}: the PNG data is damaged or truncated (no IEND chunk); re-export it")
 
 
 def decode_b64(s: str, what: str, max_bytes: int) -> bytes:
@@ -40,6 +65,7 @@ def decode_png(data: bytes, what: str, side: int, max_bytes: int) -> np.ndarray:
     if not data.startswith(PNG_SIGNATURE):
         raise unsupported(f"{what}: not a PNG; the service takes only protected images as PNG (the protector's "
                           "output), never originals")
+    check_png_chunks(data, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -91,10 +117,13 @@ class RateLimiter:
 
 class BodyLimit:
     """ASGI middleware: a request body over ``max_bytes`` gets 413 before the application sees any of it
-    (Content-Length checked first; a chunked body is counted as it arrives and never held beyond the limit)."""
+    (Content-Length checked first; a chunked body is counted as it arrives and never held beyond the limit); a
+    body that has not fully arrived ``timeout_s`` seconds after the request began gets 408 (a client that sends
+    a few bytes a minute holds no buffer and no connection for long)."""
 
-    def __init__(self, app, max_bytes: int):  # the ASGI app, the largest body let through
-        self.app, self.max_bytes = app, int(max_bytes)
+    def __init__(self, app, max_bytes: int,   # the ASGI app, the largest body let through
+                 timeout_s: float = 60.0):    # seconds the whole body may take to arrive
+        self.app, self.max_bytes, self.timeout_s = app, int(max_bytes), float(timeout_s)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -105,18 +134,25 @@ class BodyLimit:
             try:
                 n = int(length)
             except ValueError:
-                return await _reply(send, invalid("Content-Length is not a number"))
+                return await reply_error(send, invalid("Content-Length is not a number"))
             if n > self.max_bytes:
-                return await _reply(send, self._too_big(n))
+                return await reply_error(send, self._too_big(n))
         chunks, total = [], 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.timeout_s
         while True:
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), max(0.0, end - loop.time()))
+            except asyncio.TimeoutError:
+                return await reply_error(send, ApiError(
+                    408, "request_timeout", f"the request body did not arrive within {self.timeout_s:g} s (received "
+                    f"{total} bytes); send it at once"))
             if msg["type"] == "http.disconnect":
                 return
             body = msg.get("body", b"")
             total += len(body)
             if total > self.max_bytes:
-                return await _reply(send, self._too_big(total, at_least=True))
+                return await reply_error(send, self._too_big(total, at_least=True))
             chunks.append(body)
             if not msg.get("more_body", False):
                 break
@@ -135,9 +171,11 @@ class BodyLimit:
                          f"{self.max_bytes} bytes; send fewer images per request")
 
 
-async def _reply(send, e: ApiError):
+async def reply_error(send, e: ApiError):
+    """Answer ``e`` as the JSON error body and close the connection (the unread rest of a body is not read)."""
     body = json.dumps({"error": e.error, "detail": e.detail}).encode()
+    extra = [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in (e.headers or {}).items()]
     await send({"type": "http.response.start", "status": e.status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close")] + extra})
     await send({"type": "http.response.body", "body": body})

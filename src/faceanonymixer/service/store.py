@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import time
 
@@ -36,7 +37,10 @@ from ..gallery import (GalleryError, NotEnrolledError, RevokedKeyError, _check_e
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# What an API token may do (each role includes the ones before it). Any token may read any person's state: the
+# roles limit who can change the gallery, since a token that may enrol can add templates under any fingerprint.
+ROLES = ("verify", "enrol", "admin")   # verify: info, verify, status; enrol: + enrol; admin: + revoke
 BUSY_TIMEOUT_S = 30.0                     # SQLite: how long a writer waits for another writer
 _PG_LOCK = 0x46414D                       # advisory lock id of the gallery's writers ("FAM")
 TOKEN_BYTES = 32
@@ -87,11 +91,14 @@ templates_t = Table(
                          name="fam_templates_person"),
     UniqueConstraint("person", "digest", name="fam_templates_once"),
     Index("fam_templates_by_person", "person"))
+_TOKEN_COLUMNS = (lambda: [Column("name", String(100), primary_key=True),
+                             Column("token_hash", String(64), nullable=False, unique=True),
+                             Column("created", Float, nullable=False)])
+_ROLE_SQL = "role VARCHAR(8) NOT NULL DEFAULT 'admin' CHECK (role IN ('verify', 'enrol', 'admin'))"
+tokens_v2_t = Table("fam_tokens", MetaData(), *_TOKEN_COLUMNS())    # as schema v2 made it (no role)
 tokens_t = Table(
-    "fam_tokens", meta,
-    Column("name", String(100), primary_key=True),
-    Column("token_hash", String(64), nullable=False, unique=True),
-    Column("created", Float, nullable=False))
+    "fam_tokens", meta, *_TOKEN_COLUMNS(),
+    Column("role", String(8), nullable=False, server_default="admin"))
 
 
 def _v1(conn):        # the gallery
@@ -100,22 +107,51 @@ def _v1(conn):        # the gallery
 
 
 def _v2(conn):        # API tokens
-    tokens_t.create(conn)
+    tokens_v2_t.create(conn)
 
 
-MIGRATIONS = [_v1, _v2]   # MIGRATIONS[i]: version i -> i + 1
+def _v3(conn):        # token roles; the tokens made before keep the full rights they had
+    conn.exec_driver_sql(f"ALTER TABLE fam_tokens ADD COLUMN {_ROLE_SQL}")
+
+
+MIGRATIONS = [_v1, _v2, _v3]   # MIGRATIONS[i]: version i -> i + 1
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
 def engine_url(url: str):
-    """``postgresql://`` means psycopg 3 here (SQLAlchemy's default driver, psycopg2, is not a dependency)."""
-    u = make_url(url)
+    """``postgresql://`` means psycopg 3 here (SQLAlchemy's default driver, psycopg2, is not a dependency). A URL
+    that does not parse is refused without repeating it (it may hold a password); so is an in-memory SQLite
+    database (every connection would get its own empty gallery, lost at exit)."""
+    try:
+        u = make_url(url)
+    except (sa_exc.ArgumentError, ValueError, TypeError):
+        raise GalleryError("the database URL is not valid (value not shown: it may hold a password); expected "
+                           "sqlite:///FILE or postgresql://USER@HOST/DB") from None
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     if u.get_backend_name() not in ("sqlite", "postgresql"):
         raise GalleryError(f"database URL '{u.render_as_string(hide_password=True)}': only sqlite:///FILE and "
                            "postgresql://... are supported")
+    if u.get_backend_name() == "sqlite" and u.database and u.database.startswith("file:"):
+        raise GalleryError("SQLite URI file names (file:...) are not supported; use sqlite:///FILE")
+    if u.get_backend_name() == "sqlite" and (not u.database or u.database == ":memory:"):
+        raise GalleryError(f"database URL '{u.render_as_string(hide_password=True)}' names no file: the gallery "
+                           "would live in memory and vanish; use sqlite:///FILE (sqlite:////abs/path for an "
+                           "absolute path)")
     return u
+
+
+def _create_private(path: str) -> None:
+    """Create a new SQLite file readable by its owner only (templates and token hashes are nobody else's business;
+    SQLite gives its -wal and -shm files the same mode). An existing file keeps its mode."""
+    if path and not os.path.exists(path) and os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:      # made by another process meanwhile: theirs
+            pass
+    elif path and os.path.isfile(path) and os.stat(path).st_mode & 0o077:
+        log.warning("service gallery %s can be read by other users (mode %o); `chmod 600` it and its -wal/-shm "
+                    "files", shown(path), os.stat(path).st_mode & 0o777)
 
 
 def hash_token(token: str) -> str:
@@ -134,6 +170,7 @@ class Store:
         kw = {}
         if self.sqlite:
             kw["connect_args"] = {"timeout": BUSY_TIMEOUT_S, "check_same_thread": False}
+            _create_private(self.url.database)
         try:
             self.engine = create_engine(self.url, pool_pre_ping=not self.sqlite, **kw)
         except (sa_exc.ArgumentError, ImportError) as e:
@@ -173,6 +210,9 @@ class Store:
                 raise StoreUnavailable(f"database {self.where} is locked by another writer (waited "
                                        f"{BUSY_TIMEOUT_S:.0f} s); nothing was changed, retry") from None
             raise StoreUnavailable(f"database {self.where} failed ({msg}); nothing was changed") from None
+        except sa_exc.DatabaseError as e:     # e.g. a file that is not an SQLite database
+            raise StoreUnavailable(f"database {self.where} cannot be used ({_first_line(e.orig)}); check the "
+                                   "--db URL; nothing was changed") from None
 
     def version(self, conn) -> int | None:
         if not inspect(conn).has_table("fam_schema"):
@@ -182,11 +222,12 @@ class Store:
     def migrate(self, target: int = SCHEMA_VERSION) -> int:
         """Create the schema in an empty database or upgrade an older one, one version per transaction.
         Returns the version reached."""
-        start = None
+        start, first = None, True
         while True:
             with self._tx(write=True) as conn:
                 v = self.version(conn)
-                start = v if start is None else start
+                if first:
+                    start, first = v, False
                 if v is None:
                     ours = [t for t in inspect(conn).get_table_names() if t.startswith("fam_")]
                     if ours:
@@ -352,16 +393,20 @@ class Store:
             return cur[0], int(n), added
 
     # -- API tokens ---------------------------------------------------------------------------------------
-    def add_token(self, name: str) -> str:
-        """A new random token for client ``name``; only its hash is stored. Returns the token (show it once)."""
+    def add_token(self, name: str, role: str = "verify") -> str:
+        """A new random token for client ``name`` with ``role`` (ROLES: verify, enrol, admin); only its hash is
+        stored. Returns the token (show it once)."""
         if not isinstance(name, str) or not 1 <= len(name) <= 100 or not name.isprintable() or name != name.strip():
             raise GalleryError(f"token name '{shown(name)}' is not allowed: 1-100 printable characters")
+        if role not in ROLES:
+            raise GalleryError(f"token role '{shown(role)}' is not one of {', '.join(ROLES)}")
         token = secrets.token_urlsafe(TOKEN_BYTES)
         with self._tx(write=True) as conn:
             if conn.execute(select(tokens_t.c.name).where(tokens_t.c.name == name)).first():
                 raise ConflictError(f"a token named '{shown(name)}' exists; remove it first "
                                     f"(`faceanonymixer serve token remove {shown(name)}`)")
-            conn.execute(tokens_t.insert().values(name=name, token_hash=hash_token(token), created=time.time()))
+            conn.execute(tokens_t.insert().values(name=name, token_hash=hash_token(token), created=time.time(),
+                                                  role=role))
         return token
 
     def remove_token(self, name: str) -> None:
@@ -369,16 +414,23 @@ class Store:
             if conn.execute(tokens_t.delete().where(tokens_t.c.name == name)).rowcount == 0:
                 raise GalleryError(f"no token named '{shown(name)}' (`faceanonymixer serve token list`)")
 
-    def tokens(self) -> list[tuple[str, float]]:
+    def tokens(self) -> list[tuple[str, float, str]]:
+        """[(name, created, role)] by name."""
         with self._tx(write=False) as conn:
-            return [(n, c) for n, c in conn.execute(select(tokens_t.c.name, tokens_t.c.created)
-                                                    .order_by(tokens_t.c.name))]
+            return [(n, c, r) for n, c, r in conn.execute(select(tokens_t.c.name, tokens_t.c.created, tokens_t.c.role)
+                                                          .order_by(tokens_t.c.name))]
 
     def token_name(self, token: str) -> str | None:
         """The client name of a presented token, or None."""
+        found = self.token_client(token)
+        return None if found is None else found[0]
+
+    def token_client(self, token: str) -> tuple[str, str] | None:
+        """(client name, role) of a presented token, or None."""
         h = hash_token(token)
         with self._tx(write=False) as conn:
-            return conn.execute(select(tokens_t.c.name).where(tokens_t.c.token_hash == h)).scalar_one_or_none()
+            r = conn.execute(select(tokens_t.c.name, tokens_t.c.role).where(tokens_t.c.token_hash == h)).first()
+        return None if r is None else (r[0], r[1])
 
 
 def _first_line(e) -> str:
