@@ -92,7 +92,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fam-bench-"))
     db = a.db or f"sqlite:///{tmp / 'service.db'}"
     with Store(db) as st:
-        token = st.add_token(f"bench-{os.getpid()}")
+        token = st.add_token(f"bench-{os.getpid()}", role="admin")
     port = free_port()
     argv = [sys.executable, "-c", MAIN, "serve", "--db", db, "--port", str(port),
             "--set", "limits.rate=100000", "--set", "limits.burst=100000"]   # measure the service, not the limiter
