@@ -109,7 +109,7 @@ def run(a) -> dict:
         hashes[v] = variant_hash(cfg, v, res)
         keys = [eval_key(cfg.seed, p, "k1") for p in ds.people] if v in KEYED else [None] * len(groups)
         prot[v] = {"k1": lk.protect_sets(v, cfg, method, ds.people, groups, ffhq, keys,
-                                         ImageCache(cache / f"test_{v}_{hashes[v]}"), "k1")}
+                                         ImageCache(cache / f"test_{v}_{hashes[v]}"), "k1", ds.items)}
     t_prot = time.time() - t0
     r = lk.run(cfg, ds, arc, ffhq, prot, method, cache, hashes)
     r["_info"]["test_protect_seconds"] = round(t_prot, 1)

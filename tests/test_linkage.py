@@ -115,3 +115,24 @@ def test_linkage_on_pure_noise_stays_near_chance(lfw_small):
     assert feat["top1_after"] <= feat["chance"] + 0.12, feat
     assert link["top1_clean"] >= 0.8
     assert torch.allclose(embed_ffhq(teacher, ffhq[:4]), before_teacher)   # training never touched the teacher
+
+
+@pytest.mark.slow   # ~40 s: the whole `evaluate` with the linkage attack and soft biometrics on key-less variants
+def test_evaluate_reports_linkage(lfw_dir, tmp_path):
+    import json
+    over = [f'data="{lfw_dir / "images"}"', f'out="{tmp_path / "rep"}"', "max_people=6", "images_per_person=2",
+            "variants=[lowres,blur]", "main_variant=lowres", "recognisers=[faceplugin-fr]",
+            "attacks.names=[linkage]", "linkage.n_pairs=[8]", "linkage.max_epochs=1", "linkage.settings=[per_person]",
+            "n_impostor=100", "grid_people=1", "threads=1"]
+    m = ev.evaluate(ev.load_config(CONFIG, over))
+    r = m["recognisers"]["faceplugin-fr"]["irreversibility"]["linkage"]["per_person"]["8"]
+    for k in ("top1_before", "top1_after", "top5_after", "top1_clean", "chance", "n_train_pairs", "n_queries"):
+        assert k in r, k
+    assert r["n_train_pairs"] == 8 and r["n_queries"] == 12 and r["chance"] == pytest.approx(1 / 6)
+    assert "top1_after" in m["variants"]["blur"]["faceplugin-fr"]["irreversibility"]["linkage_feature"]["per_person"]["8"]
+    assert set(m["soft_biometrics"]["variants"]) == {"blur"}
+    saved = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert saved["linkage"]["info"]["attacker_pairs"] == 8
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "9. Linkage attack" in md and "10. Soft-biometric leakage" in md and "plots/linkage.png" in md
+    assert (tmp_path / "rep" / "plots" / "linkage.png").is_file()

@@ -243,10 +243,12 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, held: np.ndarray,
 
 # --- protection of attacker and test images ---------------------------------------------------------------------
 def protect_sets(variant: str, cfg, method, names: list[str], groups: list[np.ndarray], ffhq: torch.Tensor,
-                 keys: list, cache: ImageCache, tag: str) -> torch.Tensor:
+                 keys: list, cache: ImageCache, tag: str, items: list[str] | None = None) -> torch.Tensor:
     """Protect ``ffhq`` (FFHQ crops [n,3,R,R]) group by group (a group = one person's photos, one key, one joint
     session; cfg.sessions 'separate' = each photo alone) with the evaluation's settings for ``variant``; cached per
-    (person, tag). Key-less variants apply their transform."""
+    (person, tag) and checked against the photos' names ``items`` (default: their indices). Key-less variants
+    apply their transform."""
+    items = items if items is not None else [str(i) for i in range(len(ffhq))]
     out = torch.empty_like(ffhq)
     if variant not in KEYED:
         if variant == "reconstruction":
@@ -267,7 +269,7 @@ def protect_sets(variant: str, cfg, method, names: list[str], groups: list[np.nd
             jobs.append((f"{name}", part, key, tag if len(parts) == 1 else f"{tag}.s{j}"))
     todo = []
     for name, part, key, t in jobs:
-        got = cache.get(name, t, [str(i) for i in part.tolist()])
+        got = cache.get(name, t, [items[i] for i in part.tolist()])
         if got is not None:
             out[part] = from_uint8(got)
         else:
@@ -278,7 +280,7 @@ def protect_sets(variant: str, cfg, method, names: list[str], groups: list[np.nd
         ys = method.protect(variant, [ffhq[part] for _, part, _, _ in chunk], [k for _, _, k, _ in chunk])
         for (name, part, _, t), y in zip(chunk, ys):
             u8 = to_uint8(y)
-            cache.put(name, t, [str(i) for i in part.tolist()], u8)
+            cache.put(name, t, [items[i] for i in part.tolist()], u8)
             out[part] = from_uint8(u8)
     return out
 
@@ -385,14 +387,14 @@ def run(cfg, ds: Dataset, arc: np.ndarray, ffhq: torch.Tensor, prot: dict, metho
                 continue
             if setting == "fixed" and v in KEYED:
                 x_test = protect_sets(v, cfg, method, ds.people, test_groups, ffhq, [fixed_key] * len(ds.people),
-                                      cache, "fixed")
+                                      cache, "fixed", ds.items)
             else:
                 x_test = prot[v]["k1"]
             if v in KEYED:
                 keys = ([fixed_key] * len(att.ds.people) if setting == "fixed" else
                         [eval_key(cfg.seed, f"linkage-attacker|{p}", "k1") for p in att.ds.people])
                 x_att = protect_sets(v, cfg, method, att.ds.people, att_groups, att.ffhq, keys, cache,
-                                     f"att_{setting}")
+                                     f"att_{setting}", att.ds.items)
             else:
                 x_att = protect_sets(v, cfg, method, att.ds.people, att_groups, att.ffhq, [None] * len(att_groups),
                                      cache, "att")
