@@ -63,6 +63,8 @@ def units(a) -> dict:
     t0 = time.time()
     m.protect("method", [x[gr] for gr in groups], [eval_key(1, f"p{i}", "k1") for i in range(n_people)])
     out["protect_s_per_image"] = round((time.time() - t0) / len(x), 3)
+    logging.info("protection: %.2f s per image (%d images, %d people per batch)", out["protect_s_per_image"],
+                 len(x), n_people)
     # 2. fine-tuning: seconds per epoch (train split + held-out evaluation) at each N, on random images
     lc1 = lk.LinkageConfig(**{**lc.__dict__, "max_epochs": 1, "patience": 1})
     out["epoch_s"] = {}
@@ -72,6 +74,7 @@ def units(a) -> dict:
         t0 = time.time()
         lk.train_student(student, xa, tgt, np.arange(n) // lc.images_per_person, lc1)
         out["epoch_s"][str(n)] = round(time.time() - t0, 1)
+        logging.info("fine-tuning: %.1f s for one epoch at N = %d", out["epoch_s"][str(n)], n)
     # 3. the ridge map
     n = max(lc.n_pairs)
     xe = np.random.default_rng(0).standard_normal((n, teacher.dim))
