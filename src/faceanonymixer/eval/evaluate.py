@@ -30,6 +30,8 @@ from ..errors import FaceAnonyMixerError
 from ..pipeline import ProtectConfig, module_digest
 from ..tensors import from_uint8, to_uint8
 from . import report
+from . import linkage as linkmod
+from . import soft_biometrics
 from .attacks import ATTACKS, AttackConfig, protected_layers, run_attack
 from .dataset import data_root, drop_items, make_pairs, prepare, read_pairs_file, select_dataset
 from .embeddings import embed_crops, embed_ffhq
@@ -64,6 +66,8 @@ class EvalConfig:
     protect: ProtectConfig = field(default_factory=ProtectConfig)  # the method (same section as configs/default.yaml);
                                               # 'naive' = the same with 0 steps, 'method-code' = mixing.assignment 'code'
     attacks: AttackConfig = field(default_factory=AttackConfig)
+    linkage: linkmod.LinkageConfig = field(default_factory=linkmod.LinkageConfig)  # the 'linkage' attack (eval/linkage.py)
+    soft_biometrics: bool = True              # gender/age agreement original vs protected (faceplugin SSR-Net)
     attack_recogniser: str = "auto"           # white-box net of the 'optimise' attack; auto = the method's loss network
     fid_inception: str | None = None          # Inception-v3 FID weights (official file); None = registry lookup
     sessions: str = "joint"                   # joint: a person's images optimised together (paper); separate: each
@@ -74,8 +78,12 @@ class EvalConfig:
     threads: int = 0                          # torch threads (0 = leave as is)
 
 
+ALL_ATTACKS = ATTACKS + (linkmod.NAME,)   # image attacks (eval/attacks.py) + the learned linkage attack
+
+
 def selected_attacks(cfg) -> list[str]:
-    """Attacks to run: ``attacks.names`` (an empty list = none), or all of ATTACKS when it is null."""
+    """Attacks to run: ``attacks.names`` (an empty list = none); null = the image attacks of eval/attacks.py
+    ('linkage' trains a network on extra protected images: it runs only when named)."""
     return list(ATTACKS) if cfg.attacks.names is None else list(cfg.attacks.names)
 
 
@@ -84,9 +92,13 @@ def load_config(path=None, overrides=None) -> EvalConfig:
     unknown = [v for v in cfg.variants if v not in ALL_VARIANTS]
     if unknown:
         raise cfgmod.ConfigError(f"unknown variant(s) {unknown}; valid: {list(ALL_VARIANTS)}")
-    bad = [a for a in selected_attacks(cfg) if a not in ATTACKS]
+    bad = [a for a in selected_attacks(cfg) if a not in ALL_ATTACKS]
     if bad:
-        raise cfgmod.ConfigError(f"unknown attack(s) {bad}; valid: {list(ATTACKS)}")
+        raise cfgmod.ConfigError(f"unknown attack(s) {bad}; valid: {list(ALL_ATTACKS)}")
+    linkmod.check_config(cfg.linkage)
+    lv = [v for v in (cfg.linkage.variants or []) if v not in cfg.variants]
+    if lv:
+        raise cfgmod.ConfigError(f"linkage.variants {lv} are not in variants {cfg.variants}")
     if cfg.sessions not in ("joint", "separate"):
         raise cfgmod.ConfigError(f"sessions must be 'joint' or 'separate', got '{cfg.sessions}'")
     if cfg.main_variant not in cfg.variants:
@@ -195,7 +207,7 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
 
     lap("embed_score")
     # attacks on the main variant
-    attack_names = selected_attacks(cfg) if cfg.main_variant in KEYED else []
+    attack_names = [a for a in selected_attacks(cfg) if a in ATTACKS] if cfg.main_variant in KEYED else []
     attack_imgs = {}
     for a in attack_names:
         plan = method.plan(cfg.main_variant)
@@ -223,6 +235,13 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
                        cosines(emb[(name, report.ORIGINAL)], ea, range(n), range(n)))
 
     lap("attacks")
+    # the learned linkage attack (FaceLinkGen protocol) on every selected variant
+    linkage_res = None
+    if linkmod.NAME in selected_attacks(cfg):
+        hashes = {v: variant_hash(cfg, v, res, digests if (v in KEYED or v == "reconstruction") else None)
+                  for v in cfg.variants}
+        linkage_res = linkmod.run(cfg, ds, arc, ffhq, prot, method, cache_root, hashes)
+    lap("linkage")
     # quality (offline proxy: Fréchet distance in independent recognisers' embedding spaces) and attributes
     quality = fid_status(cfg)
     for name in recs:
@@ -242,6 +261,15 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
             continue
         attributes[v] = attribute_preservation(ffhq_u8, prot[v]["k1"])
 
+    soft = None
+    if cfg.soft_biometrics:
+        try:
+            from ..fr.attributes import SoftBiometrics
+            soft = soft_biometrics.leakage(SoftBiometrics(), ffhq,
+                                           {v: prot[v]["k1"] for v in cfg.variants if v != "lowres"}, ds.person_of)
+        except FaceAnonyMixerError as e:
+            log.warning("soft-biometric leakage skipped: %s", e)
+
     lap("quality_attributes")
     counts = {"people": len(ds.people), "images": len(ds.items), "dropped_no_face": len(dropped),
               "genuine": int(len(pairs.genuine)), "impostor": int(len(pairs.impostor)),
@@ -252,6 +280,10 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
     metrics = report.summarise(scores, list(recs), white_box, variants, cfg.main_variant, cfg.operating_fmr,
                                attack_names, extra={"quality": quality, "attributes": attributes},
                                config_hash=chash, seed=cfg.seed, counts=counts)
+    if linkage_res is not None:
+        report.add_linkage(metrics, linkage_res, cfg.linkage.teacher)
+    if soft is not None:
+        metrics["soft_biometrics"] = soft
     metrics["data"] = {"root": str(cfg.data), "pairs": cfg.pairs, "dropped": dropped}
     metrics["sessions"] = cfg.sessions
     metrics["loss_network"], metrics["attack_network"] = loss_net, attack_net if attack_names else None

@@ -427,6 +427,8 @@ def tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         if not per:
             continue
         for a, r in per["irreversibility"].items():
+            if a.startswith("linkage"):   # table 9
+                continue
             rows.append([rec, main, a, _pct(r.get("success_rate")), _pct(r.get("success_rate_1e-2")),
                          _f(r.get("mean_similarity")), str(r.get("n"))])
         recon = var.get("reconstruction", {}).get(rec)
@@ -445,7 +447,78 @@ def tables(metrics: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     a = metrics.get("attributes", {})
     rows = [[k, _f(val, 3) if isinstance(val, float) or val is None else str(val)] for k, val in _flatten(a)]
     out.append(("7. Attribute preservation (original vs protected)", ["measure", "value"], rows))
+    # 9. linkage attack (learned, FaceLinkGen protocol)
+    lk = metrics.get("linkage")
+    if lk:
+        rows = []
+        for v, per in lk.get("variants", {}).items():
+            for kind in ("linkage", "linkage_feature"):
+                for setting, by_n in per.get(kind, {}).items():
+                    for n, r in by_n.items():
+                        rows.append([v, "student" if kind == "linkage" else "feature (ridge)", setting, str(n),
+                                     _pct(r.get("top1_before")), _pct(r.get("top1_after")), _pct(r.get("top5_after")),
+                                     _pct(r.get("top1_clean")), _pct(r.get("chance")),
+                                     f"{r.get('n_queries')}/{r.get('n_gallery_identities')}"])
+        info = lk.get("info", {})
+        out.append((f"9. Linkage attack (learned; teacher {info.get('teacher')}, student init {info.get('student')}): "
+                    "protected image as query against a clean gallery of the test people's other photos",
+                    ["variant", "attack", "key setting", "attacker pairs N", "Top-1 before", "Top-1 after",
+                     "Top-5 after", "Top-1 clean ceiling", "chance", "queries/gallery ids"], rows))
+    sb = metrics.get("soft_biometrics")
+    if sb:
+        rows = []
+        for label, r in [("two original photos, same person", sb["original_same_person"]),
+                         ("originals of two different people", sb["original_other_person"])] + \
+                [(f"original vs {v}", r) for v, r in sb.get("variants", {}).items()]:
+            rows.append([label, _pct(r.get("gender_agreement")), _f(r.get("age_abs_diff"), 1),
+                         _pct(r.get("age_agreement")), str(r.get("n"))])
+        out.append((f"10. Soft-biometric leakage (faceplugin SSR-Net gender/age; age agrees when within "
+                    f"{sb.get('age_tolerance_years')} years)",
+                    ["pair", "gender agreement", "mean |age diff| (years)", "age agreement", "pairs"], rows))
     return out
+
+
+def add_linkage(metrics: dict, res: dict, teacher: str) -> None:
+    """Put the linkage attack's results (eval/linkage.run) into metrics: ``variants.<v>.<teacher>.irreversibility.
+    linkage|linkage_feature`` (so ``recognisers.<teacher>...`` for the main variant) and a top-level ``linkage``."""
+    metrics["linkage"] = {"info": res.get("_info", {}),
+                          "variants": {v: r for v, r in res.items() if not v.startswith("_")}}
+    for v, r in metrics["linkage"]["variants"].items():
+        per = metrics.get("variants", {}).get(v, {}).get(teacher)
+        if per is not None:
+            per.setdefault("irreversibility", {}).update({"linkage": r["linkage"], "linkage_feature": r["linkage_feature"]})
+
+
+def plot_linkage(metrics: dict, path) -> bool:
+    """Bar chart: Top-1 before / after (student, feature) / clean / chance per variant and key setting, at the
+    largest attacker set. False when there is nothing to draw."""
+    lk = metrics.get("linkage", {}).get("variants", {})
+    bars = []
+    for v, per in lk.items():
+        for setting, by_n in per.get("linkage", {}).items():
+            if not by_n:
+                continue
+            n = max(by_n, key=lambda k: int(k))
+            r, f = by_n[n], per.get("linkage_feature", {}).get(setting, {}).get(n, {})
+            bars.append((f"{v}\n{setting}\nN={n}", r.get("top1_before"), r.get("top1_after"), f.get("top1_after"),
+                         r.get("top1_clean"), r.get("chance")))
+    if not bars:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(bars)), 3.6))
+    labels = ["before", "after (student)", "after (feature)", "clean ceiling", "chance"]
+    w = 0.16
+    for j, lab in enumerate(labels):
+        ax.bar([i + (j - 2) * w for i in range(len(bars))], [b[1 + j] or 0.0 for b in bars], w, label=lab)
+    ax.set_xticks(range(len(bars)))
+    ax.set_xticklabels([b[0] for b in bars], fontsize=7)
+    ax.set_ylabel("Top-1 linkage")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, 1.15))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _acc(v: dict) -> str:
@@ -538,6 +611,9 @@ def write_report(out_dir, metrics: dict, scores: ScoreSet, grid_rows: list[dict]
                 unl.plot(unl.dsys(mated, nm), up, title=f"{v}, {rec}")
                 figures.append((f"Unlinkability (mated vs non-mated densities, D<->(s)), {v}, {rec}", up))
 
+    lp = plots / "linkage.png"
+    if plot_linkage(metrics, lp):
+        figures.append(("Linkage attack: Top-1 before / after the attack, clean ceiling and chance", lp))
     tabs = tables(metrics)
     head = ["# FaceAnonyMixer evaluation report", "",
             f"- config hash: `{metrics.get('config_hash')}`, seed: {metrics.get('seed')} (pair sampling and keys)",

@@ -160,7 +160,49 @@ _BINARY = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.di
 SUPPORTED_OPS = frozenset(_UNARY) | frozenset(_BINARY) | {
     "Conv", "BatchNormalization", "PRelu", "Reshape", "Flatten", "Gemm", "Dropout", "Transpose", "Constant",
     "GlobalAveragePool", "Concat",
+    # pooling/padding and the shape arithmetic of exported flattens (SSR-Net age/gender: fr/attributes.py)
+    "Pad", "AveragePool", "MaxPool", "Shape", "Gather", "Unsqueeze",
 }
+_SHAPE_OPS = ("Shape", "Gather", "Unsqueeze", "Concat")   # run on integer numpy arrays when every input is one
+
+
+def _pool(x, a, kind: str):
+    """ONNX AveragePool / MaxPool (2-D, explicit pads, no auto_pad)."""
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise NotImplementedError(f"{kind} auto_pad={a['auto_pad']!r} is not supported")
+    k = list(a["kernel_shape"])
+    if len(k) != 2:
+        raise NotImplementedError(f"{kind}: only 2-D pooling is supported, got kernel {k}")
+    strides = list(a.get("strides", [1, 1]))
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    ceil = bool(a.get("ceil_mode", 0))
+    if pads[:2] != pads[2:]:
+        fill = float("-inf") if kind == "MaxPool" else 0.0
+        x = F.pad(x, [pads[1], pads[3], pads[0], pads[2]], value=fill)
+        pads = [0, 0]
+    else:
+        pads = pads[:2]
+    if kind == "MaxPool":
+        dil = list(a.get("dilations", [1, 1]))
+        return F.max_pool2d(x, k, strides, pads, dilation=dil, ceil_mode=ceil)
+    return F.avg_pool2d(x, k, strides, pads, ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0)))
+
+
+def _pad(x, pads, mode, value):
+    """ONNX Pad: pads = [x1_begin, x2_begin, ..., x1_end, x2_end, ...] over all dims."""
+    n = x.dim()
+    if len(pads) != 2 * n:
+        raise NotImplementedError(f"Pad: {len(pads)} pad values for a {n}-D tensor")
+    if not any(pads):
+        return x
+    fp = []
+    for d in reversed(range(n)):
+        fp += [pads[d], pads[d + n]]
+    while len(fp) > 2 and fp[-1] == 0 and fp[-2] == 0:   # torch pads only the trailing dims it is given
+        fp = fp[:-2]
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    return F.pad(x, fp, mode={"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode],
+                 value=value if mode == "constant" else None)
 
 
 class OnnxGraphModule(nn.Module):
@@ -171,7 +213,8 @@ class OnnxGraphModule(nn.Module):
     graph's fixed batch size (e.g. faceplugin's ``[1,-1]``) are patched to take the runtime batch size."""
 
     def __init__(self, model,                  # onnx.ModelProto or path to an .onnx file
-                 dequantize: bool = True):  # fold int8 DequantizeLinear weights to fp32 first
+                 dequantize: bool = True,   # fold int8 DequantizeLinear weights to fp32 first
+                 outputs: list[str] | None = None):  # graph outputs returned as a tuple; None = the one output
         super().__init__()
         model = _load(model)
         if dequantize:
@@ -189,9 +232,16 @@ class OnnxGraphModule(nn.Module):
         # declared input shape (the batch may be fixed, e.g. 1)
         self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
         fixed_batch = self.input_shape[0] if self.input_shape and self.input_shape[0] else None
-        if len(g.output) != 1:
-            raise ValueError(f"expected exactly one graph output, got {[o.name for o in g.output]}")
+        names = [o.name for o in g.output]
+        if outputs is None and len(g.output) != 1:
+            raise ValueError(f"expected exactly one graph output, got {names} (pass outputs=[...] to pick several)")
+        missing = [o for o in (outputs or []) if o not in names]
+        if missing:
+            raise ValueError(f"outputs {missing} are not graph outputs; the graph has {names}")
         self.output_name = g.output[0].name
+        self.output_names = list(outputs) if outputs is not None else None
+        self._int_arr: dict[str, np.ndarray] = {}   # integer constants with their shape (Gather indices etc.)
+        dynamic_ints: set[str] = set()              # outputs of shape arithmetic (Shape -> Gather -> Concat ...)
 
         self._nodes: list[tuple[str, list[str], list[str], dict]] = []
         for node in g.node:
@@ -202,7 +252,18 @@ class OnnxGraphModule(nn.Module):
             if op == "Constant":  # evaluate once, like an initializer
                 if "value" not in a:
                     raise NotImplementedError("Constant nodes are supported only with a 'value' tensor")
-                self._add_const(node.output[0], numpy_helper.to_array(a["value"]))
+                arr = numpy_helper.to_array(a["value"])
+                self._add_const(node.output[0], arr)
+                if node.output[0] in self._static:
+                    self._int_arr[node.output[0]] = np.array(arr, dtype=np.int64)
+                continue
+            if op == "Shape" or (op in _SHAPE_OPS and all(
+                    i in dynamic_ints or i in self._static for i in node.input if i)):
+                dynamic_ints.add(node.output[0])
+                a["ints"] = True
+            if op == "Reshape" and node.input[1] in dynamic_ints:
+                a["dynamic_shape"] = True
+                self._nodes.append((op, list(node.input), list(node.output), a))
                 continue
             if op == "Reshape":
                 shape_name = node.input[1]
@@ -226,8 +287,8 @@ class OnnxGraphModule(nn.Module):
             raise NotImplementedError(f"constant {name} has unsupported dtype {arr.dtype}")
 
     @classmethod
-    def from_onnx(cls, model, dequantize: bool = True) -> "OnnxGraphModule":
-        m = cls(model, dequantize=dequantize)
+    def from_onnx(cls, model, dequantize: bool = True, outputs: list[str] | None = None) -> "OnnxGraphModule":
+        m = cls(model, dequantize=dequantize, outputs=outputs)
         m.eval()
         m.requires_grad_(False)
         return m
@@ -239,12 +300,22 @@ class OnnxGraphModule(nn.Module):
             return env[name]
         if name in self._buf_of:
             return getattr(self, self._buf_of[name])
+        if name in self._int_arr:
+            return self._int_arr[name]
+        if name in self._static:
+            return np.asarray(self._static[name], dtype=np.int64)
         raise KeyError(f"ONNX tensor {name} is neither computed nor a float constant")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env = {self.input_name: x}
         for op, ins, outs, a in self._nodes:
-            if op == "Reshape":
+            if a.get("ints"):   # integer shape arithmetic on numpy (never on the device)
+                env[outs[0]] = self._shape_op(op, env, ins, a)
+                continue
+            if a.get("dynamic_shape"):
+                t = self._get(env, ins[0])
+                y = _reshape(t, [int(v) for v in np.asarray(env[ins[1]]).reshape(-1)], int(a.get("allowzero", 0)))
+            elif op == "Reshape":
                 t = self._get(env, ins[0])
                 shape = list(a["shape"])
                 if a["batch_patch"]:
@@ -281,10 +352,58 @@ class OnnxGraphModule(nn.Module):
                 y = t.mean(dim=tuple(range(2, t.dim())), keepdim=True)
             elif op == "Concat":
                 y = torch.cat([self._get(env, n) for n in ins], dim=int(a["axis"]))
+            elif op in ("AveragePool", "MaxPool"):
+                y = _pool(self._get(env, ins[0]), a, op)
+            elif op == "Pad":
+                t = self._get(env, ins[0])
+                if len(ins) > 1 and ins[1]:      # opset >= 11: pads (and value) are inputs
+                    pads = [int(v) for v in np.asarray(self._get(env, ins[1])).reshape(-1)]
+                    value = float(self._get(env, ins[2]).reshape(-1)[0]) if len(ins) > 2 and ins[2] else 0.0
+                else:
+                    pads, value = list(a.get("pads", [])), float(a.get("value", 0.0))
+                y = _pad(t, pads, a.get("mode", b"constant"), value)
+            elif op in ("Gather", "Unsqueeze", "Shape"):   # on float tensors (integer ones are handled above)
+                y = self._tensor_index_op(op, env, ins, a)
             else:  # pragma: no cover - rejected in __init__
                 raise NotImplementedError(op)
             env[outs[0]] = y
+        if self.output_names is not None:
+            return tuple(env[n] for n in self.output_names)
         return env[self.output_name]
+
+    def _shape_op(self, op: str, env: dict, ins: list[str], a: dict) -> np.ndarray:
+        """Shape / Gather / Unsqueeze / Concat on integer arrays (the batch-size-aware flatten of exporters)."""
+        def val(n):
+            return np.asarray(env[n]) if n in env else self._get(env, n)
+        if op == "Shape":
+            t = env[ins[0]] if ins[0] in env else self._get(env, ins[0])
+            return np.asarray(tuple(t.shape), dtype=np.int64)
+        if op == "Gather":
+            return np.take(val(ins[0]), val(ins[1]), axis=int(a.get("axis", 0)))
+        if op == "Unsqueeze":
+            axes = a.get("axes")
+            if axes is None:
+                axes = [int(v) for v in val(ins[1]).reshape(-1)]
+            out = val(ins[0])
+            for ax in sorted(int(x) for x in axes):
+                out = np.expand_dims(out, ax if ax >= 0 else ax + out.ndim + 1)
+            return out
+        return np.concatenate([val(n).reshape(-1) if val(n).ndim == 0 else val(n) for n in ins],
+                              axis=int(a["axis"]))
+
+    def _tensor_index_op(self, op: str, env: dict, ins: list[str], a: dict):
+        t = self._get(env, ins[0])
+        if op == "Shape":
+            return np.asarray(tuple(t.shape), dtype=np.int64)
+        if op == "Gather":
+            ax = int(a.get("axis", 0)) % t.dim()
+            idx = torch.as_tensor(np.asarray(self._get(env, ins[1])), device=t.device)
+            out = torch.index_select(t, ax, idx.reshape(-1) % t.shape[ax])
+            return out.reshape(t.shape[:ax] + tuple(idx.shape) + t.shape[ax + 1:])
+        axes = a.get("axes") or [int(v) for v in np.asarray(self._get(env, ins[1])).reshape(-1)]
+        for ax in sorted(int(x) for x in axes):
+            t = t.unsqueeze(ax if ax >= 0 else ax + t.dim() + 1)
+        return t
 
 
 def load_onnx_module(path, dequantize: bool = True) -> OnnxGraphModule:
