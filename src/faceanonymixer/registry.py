@@ -44,6 +44,11 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in [
        "faceanonymixer's own e4e-style encoder for fam-stylegan2-64 (identity head fed by SFace: needs 'sface')",
        package="faceanonymixer",
        package_path="weights/fam_e4e_64.safetensors", obtain="ships with the package; retrain with `faceanonymixer train encoder`"),
+    _p("fam-mixer-64", "fam_mixer_64.safetensors", "embedded",
+       "MIT (weights); trained on LFW 'train' people (research use only)",
+       "faceanonymixer's feed-forward mixer for fam-stylegan2-64 + fam-e4e-64 (protect.engine: mixer; experimental, "
+       "docs/mixer.md)", package="faceanonymixer", sha256="59a49c203e56c0928dc6258c3a9c67af9b64e8e7a58e22c80bc2c917f474ffc5",
+       package_path="weights/fam_mixer_64.safetensors", obtain="ships with the package; retrain with `faceanonymixer train mixer`"),
     # Shipped by package registries (installed by `make install`).
     _p("sface", "face_recognition_sface_2021dec_int8bq.onnx", "registry", "Apache-2.0 (OpenCV Zoo)",
        "SFace 128-D face recogniser (int8 ONNX, dequantised to a PyTorch module at load time)",
