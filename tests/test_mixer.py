@@ -294,3 +294,25 @@ def test_engine_is_a_config_field(tmp_path):
     p.write_text("engine: mixer\nmodels: {mixer: my.safetensors}\n")
     cfg = load(ProtectConfig, p)
     assert cfg.engine == "mixer" and cfg.models.mixer == "my.safetensors"
+
+
+def test_shipped_mixer_fits_the_shipped_models():
+    """`fam-mixer-64` (registry, sha256 pinned) loads into a Protector with the default models and protects an
+    aligned face in one pass, deterministically."""
+    from faceanonymixer import registry
+    try:
+        registry.locate("fam-mixer-64")
+        registry.locate("sface")
+    except FaceAnonyMixerError as e:
+        pytest.skip(f"models not installed: {e}")
+    cfg = ProtectConfig(engine="mixer")
+    cfg.models.id_net = "sface"
+    prot = Protector(cfg)
+    G = prot.generator
+    with torch.no_grad():
+        x = prot.synthesise(G.truncate(G.mapping(torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0))),
+                                       0.7)[:, None].repeat(1, G.num_ws, 1))
+    key = Key(b"\x05" * 32)
+    a = prot.protect_people([[x[0], x[1]]], key).results[0].images
+    b = prot.protect_people([[x[0], x[1]]], key).results[0].images
+    assert a.shape == x.shape and torch.equal(a, b) and (a - x).abs().mean() > 0.02
