@@ -62,7 +62,9 @@ class Server:
         argv = [sys.executable, "-c", MAIN, "serve", "--db", db, "--port", str(self.port),
                 "--set", f"match.resolution={SIDE}", "--set", "match.threshold=-1",
                 "--set", "limits.max_image_bytes=200000", "--set", "limits.max_body_bytes=1000000",
-                "--set", "limits.max_images=4", "--set", "graceful_timeout_s=20"]
+                "--set", "limits.max_images=4", "--set", "graceful_timeout_s=20",
+                # the limiter is tested on its own (test_rate_limit_...): a fast machine must not hit it elsewhere
+                "--set", "limits.rate=10000", "--set", "limits.burst=10000"]
         for s in sets:
             argv += ["--set", s]
         self._logf = open(self.log, "wb")
@@ -231,7 +233,8 @@ def test_wrong_missing_or_removed_token_is_401(server, pngs, keys, monkeypatch, 
     assert "HTTP 401 unauthorized" in out and "z" * 30 not in out
     monkeypatch.delenv("FACEANONYMIXER_TOKEN")
     typed = server.token.replace("-", "A")      # a token given where the variable's name belongs: never echoed
-    for argv in (["--token-env", typed], ["--token", server.token]):
+    # (typed has no '-': a token starting with '-' would be parsed as an option, not as --token's value)
+    for argv in (["--token-env", typed], ["--token", typed]):
         with pytest.raises(SystemExit) if argv[0] == "--token" else contextlib.nullcontext():
             assert client(server, "status", "obama", *argv) == 2
         out = capsys.readouterr()
