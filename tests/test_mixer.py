@@ -283,7 +283,7 @@ def test_opt_in_fields_keep_the_config_hash_of_older_configs():
     import json
     from faceanonymixer.config import config_hash
     old = dataclasses.asdict(ProtectConfig())
-    del old["engine"], old["models"]["mixer"]                        # the config as it was before the mixer
+    del old["engine"], old["mixer_refine_steps"], old["models"]["mixer"]  # the config before the mixer
     want = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert config_hash(ProtectConfig()) == want
     assert config_hash(ProtectConfig(engine="mixer")) != want        # used: it counts
@@ -316,3 +316,32 @@ def test_shipped_mixer_fits_the_shipped_models():
     a = prot.protect_people([[x[0], x[1]]], key).results[0].images
     b = prot.protect_people([[x[0], x[1]]], key).results[0].images
     assert a.shape == x.shape and torch.equal(a, b) and (a - x).abs().mean() > 0.02
+
+
+def test_mixer_refinement_starts_from_the_mixer_codes(models, people, tmp_path):
+    """protect.mixer_refine_steps: the paper's optimisation from the mixer's output, each image alone: with a zero
+    learning rate it returns the mixer's codes unchanged (the start is the mixer's, not the naive mix); with
+    steps it moves only the band."""
+    from dataclasses import replace
+    G, inv, _, rec = models
+    cfg = ProtectConfig(engine="mixer")
+    cfg.loss.attr_net = "none"
+    base = Protector(replace(cfg, engine="optimise"), generator=G, inverter=inv, id_net=rec)
+    m = make_mixer(G, base.plan).eval()
+    with torch.no_grad():
+        m.f[-1].weight.normal_(0, 0.2)
+    cfg.models.mixer = str(mx.export_mixer(m, tmp_path / "mixer.safetensors"))
+    x = torch.from_numpy(people[0][:2]).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    keys = [Key(b"\x31" * 32), Key(b"\x32" * 32)]
+    plain = Protector(cfg, generator=G, inverter=inv, id_net=rec).protect_people([[x[0]], [x[1]]], keys).results
+    still = replace(cfg, mixer_refine_steps=2, optim=replace(cfg.optim, lr=0.0, augment_copies=1))
+    r0 = Protector(still, generator=G, inverter=inv, id_net=rec).protect_people([[x[0]], [x[1]]], keys).results
+    for a, b in zip(plain, r0):
+        assert torch.allclose(a.ws, b.ws, atol=1e-6)
+    moved = replace(cfg, mixer_refine_steps=3, optim=replace(cfg.optim, lr=0.05, augment_copies=1))
+    r1 = Protector(moved, generator=G, inverter=inv, id_net=rec).protect_people([[x[0]], [x[1]]], keys).results
+    band = list(base.plan.optimised_layers)
+    rest = [i for i in range(G.num_ws) if i not in band]
+    for a, b in zip(plain, r1):
+        assert (a.ws[:, band] - b.ws[:, band]).abs().max() > 1e-4
+        assert torch.equal(a.ws[:, rest], b.ws[:, rest])

@@ -45,10 +45,14 @@ class Group:
     w_key: torch.Tensor            # [1,L,D] key code
     n_out: int = 0                 # leading members that are real outputs (0 = all)
     w_decoys: torch.Tensor | None = None  # [K,L,D] decoy key codes for L_sep (None = off)
+    w_start: torch.Tensor | None = None   # [n,L,D] start codes (the mixer's output) instead of the mix of
+                                          # w_real and w_key (None = the paper's start)
 
     def __post_init__(self):
         n = self.x_ref.shape[0]
         assert self.w_real.shape[0] == n and self.w_key.shape[0] == 1, (tuple(self.x_ref.shape), tuple(self.w_real.shape))
+        assert self.w_start is None or self.w_start.shape == self.w_real.shape, \
+            (tuple(self.w_start.shape), tuple(self.w_real.shape))
         self.n_out = self.n_out or n
 
 
@@ -139,6 +143,9 @@ def optimise(generator, id_net, attr, groups: list[Group], plan: MixPlan,
     x_ref = torch.cat([g.x_ref for g in groups]).to(dev)
     w_init, mask = mix(torch.cat([g.w_real for g in groups]).to(dev),
                        torch.cat([g.w_key.expand(n, -1, -1) for g, n in zip(groups, sizes)]).to(dev), plan)
+    if any(g.w_start is not None for g in groups):     # refinement from given codes (engine 'mixer')
+        w_init = torch.cat([g.w_start.to(dev, w_init.dtype) if g.w_start is not None else w_init[a:a + n]
+                            for g, a, n in zip(groups, [sum(sizes[:i]) for i in range(len(sizes))], sizes)])
     latent = MixedLatent(w_init, mask)
     frozen = [p for p in generator.parameters() if p.requires_grad]   # no gradients for G's weights
     for p in frozen:

@@ -115,9 +115,11 @@ class ProtectConfig:
                                           # 'largest' or 'center' (align.select_face)
     engine: str = "optimise"              # 'optimise': the paper's per-person optimisation (optim.*, loss.*);
                                           # 'mixer': one feed-forward pass per image (models.mixer, mixer.py)
+    mixer_refine_steps: int = 0           # engine 'mixer': then this many steps of the paper's optimisation
+                                          # (loss.*, optim.* but steps) from the mixer's codes, each image alone
 
-    LIMITS = dict(batch_people=(1, 1024))              # checked by config.load
-    HASH_OMIT_DEFAULTS = ("engine",)                    # config.config_hash: added later, opt-in
+    LIMITS = dict(batch_people=(1, 1024), mixer_refine_steps=(0, 10_000))   # checked by config.load
+    HASH_OMIT_DEFAULTS = ("engine", "mixer_refine_steps")  # config.config_hash: added later, opt-in
 
 
 # -- results ----------------------------------------------------------------------------------------------
@@ -329,6 +331,8 @@ class Protector:
             x = torch.cat([p[2] for p in chunk])
             keys = [p[1] for p in chunk for _ in range(p[2].shape[0])]
             images, ws = protect_batch(self.mixer, self, x, keys)
+            if self.config.mixer_refine_steps > 0:
+                images, ws = self._refine_mixed(x, ws, keys)
             dt = time.perf_counter() - t1
             i = 0
             for name, key, xp, srcs, t_align in chunk:
@@ -339,6 +343,22 @@ class Protector:
                                                people_in_batch=len(chunk), faces_in_batch=x.shape[0], steps=0)))
                 i += n
         return results
+
+    def _refine_mixed(self, x: torch.Tensor, ws: torch.Tensor, keys: Sequence[Key]):
+        """``mixer_refine_steps`` of the paper's optimisation from the mixer's codes ws[N,L,D], every image alone
+        (its own group with the augmented copies a lone probe gets), so the engine's outputs stay independent of
+        the batch's composition. -> (images, ws) of the N images."""
+        cfg = replace(self.config.optim, steps=int(self.config.mixer_refine_steps))
+        groups = []
+        for i, key in enumerate(keys):
+            xi = x[i:i + 1]
+            w_real = self.invert(xi)
+            g = single_image_group(xi, w_real, self.key_code(key), cfg.augment_copies, self._augment_seed(key, xi))
+            g.w_start = ws[i:i + 1].expand(g.x_ref.shape[0], -1, -1).to(w_real.dtype).clone()
+            g.w_decoys = self._decoys(key)
+            groups.append(g)
+        res = optimise(self.generator, self.id_net, self.attr, groups, self.plan, self.config.loss, cfg)
+        return torch.cat(res.images), torch.cat(res.ws)
 
     def protect(self, images: Sequence, key: Key, name: str = "person") -> PersonResult:
         """All ``images`` of ONE person under ``key``. Raises ImageError if none is usable."""
