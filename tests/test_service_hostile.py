@@ -243,6 +243,6 @@ def test_unusable_database_urls_and_files_are_clear_errors(tmp_path, caplog):
 
 
 def test_only_loopback_addresses_count_as_private_for_the_listen_warning():
-    from faceanonymixer.service.app import loopback
+    from faceanonymixer.service.config import loopback
     assert all(loopback(h) for h in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
     assert not any(loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "gallery.example", ""))

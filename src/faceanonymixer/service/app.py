@@ -30,7 +30,7 @@ from ..fr import get_recogniser
 from ..gallery import MAX_NAME, GalleryError, NotEnrolledError, RevokedKeyError, check_person
 from ..tensors import from_uint8
 from ..workflow import embed
-from .config import ServiceConfig, resolve_profile
+from .config import ServiceConfig, loopback, resolve_profile
 from .errors import ApiError, invalid, too_large
 from .jsonlog import log_config
 from .limits import BodyLimit, RateLimiter, decode_b64, decode_png, reply_error
@@ -239,15 +239,6 @@ ROUTES = {"/healthz", "/v1/info", "/v1/enrol", "/v1/verify", "/v1/revoke", "/doc
           "/docs/oauth2-redirect", "/redoc"}     # the paths the request log names as they are
 
 
-def loopback(host: str) -> bool:
-    """Whether ``host`` (a listen address) is reachable from this machine only."""
-    import ipaddress
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class TokenGate:

@@ -12,7 +12,6 @@ and the original photos never leave this process.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import logging
 import math
 import re
@@ -23,6 +22,7 @@ from ..fileio import shown
 from ..keys import Key
 from ..pipeline import png_bytes
 from ..workflow import AppConfig, Enrolment, protect_enrolment
+from .config import loopback
 from .errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class Client:
         if not self.url.startswith(("http://", "https://")):
             raise FaceAnonyMixerError(f"server URL '{shown(url)}' must start with http:// or https://")
         host = urllib.parse.urlsplit(self.url).hostname or ""
-        if self.url.startswith("http://") and not _loopback(host):
+        if self.url.startswith("http://") and not loopback(host):
             log.warning("the service at %s is reached over plain http: the API token and the protected images travel "
                         "unencrypted; use https:// (a TLS-terminating proxy in front of the server)", shown(self.url))
         headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -141,13 +141,6 @@ class Client:
                 raise self._bad(path, f"field '{k}' is missing or not a {t.__name__}")
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _fingerprint(fp, what: str) -> str:

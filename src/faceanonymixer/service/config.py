@@ -3,6 +3,7 @@ server derives from them without loading any generator or key: the protected ima
 decision threshold (``resolve_profile``)."""
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -89,3 +90,13 @@ def resolve_profile(mc: MatchConfig) -> Profile:
     thr = verify_threshold(mc.threshold, SimpleNamespace(verify_thresholds=meta.get("verify_thresholds")),
                            mc.matcher)
     return Profile(mc.matcher, int(res), float(thr))
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address or a server's host name) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
