@@ -653,3 +653,19 @@ def test_log_lines_escape_control_characters(capsys):
     rec = logging.LogRecord("x", logging.WARNING, __file__, 1, "skipped %s", ("a\nerror: forged.jpg",), None)
     line = _EscapingFormatter("%(levelname)s %(message)s").format(rec)
     assert "\n" not in line and "\\n" in line
+
+
+@needs_samples
+def test_a_protect_that_fails_before_writing_leaves_no_empty_out_folder(tmp_path, capsys):
+    """A missing mixer file is only found when the models load, after --out was checked (and created): the run
+    ends with one clear message and removes the folders it made, never one that was there before."""
+    src = people_dir(tmp_path / "photos", {"obama": ["obama.jpg"]})
+    bad = ["--set", "protect.engine=mixer", "--set", f"protect.models.mixer={tmp_path / 'nowhere.safetensors'}"]
+    out = tmp_path / "new" / "deeper" / "out"
+    assert run(["protect", str(src), "--key", key_file(tmp_path, 1), "--out", str(out)] + bad) == 2
+    assert "nowhere.safetensors" in capsys.readouterr().out
+    assert not (tmp_path / "new").exists()                 # every folder the run made is gone again
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert run(["protect", str(src), "--key", key_file(tmp_path, 1), "--out", str(kept)] + bad) == 2
+    assert kept.is_dir() and visible(kept) == []           # a folder that existed stays

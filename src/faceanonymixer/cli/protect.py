@@ -54,7 +54,20 @@ def run(args) -> int:
         report_bad(bad)
         raise ImageError("no person to protect: every input failed (listed above); nothing was written")
     check_private_manifest(args.private_manifest, out)
+    made = [d for d in (out, *out.parents) if not d.exists()]   # folders this run creates (deepest first)
     check_out(out, args.inputs)                 # before loading any model: overlap, file, writable
+    try:
+        return _protect(args, cfg, key, out, units, bad, ray_engine)
+    except BaseException:
+        for d in made:                          # a run that fails before writing leaves no empty --out behind;
+            try:                                # rmdir removes only empty folders, so nothing written is lost
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _protect(args, cfg, key, out: Path, units, bad, ray_engine: bool) -> int:
     # `protect` keeps the paper's setting (no key anchor: that is for the workflow's lone probes)
     if ray_engine:              # the models load in the workers; args.protector_factory: Python callers, tests
         res = protect_dataset_ray(cfg.protect, units, key, out, make_protector=getattr(args, "protector_factory",
