@@ -43,6 +43,15 @@ def test_topk_hand_made_case():
     assert lk.topk_linkage(q1, g1, np.array([0]), p1, exclude=np.array([-1]), ks=(1,))["top1"] == 1.0
 
 
+def test_a_student_of_another_embedding_size_than_the_teacher_is_refused_at_load():
+    from faceanonymixer.config import ConfigError
+    with pytest.raises(ConfigError, match=r"linkage.student 'sface' embeds in 128 .*teacher 'faceplugin-fr' in 512"
+                                          r".*--set linkage.teacher=sface"):
+        ev.load_config(CONFIG, ["linkage.student=sface"])
+    cfg = ev.load_config(CONFIG, ["linkage.student=sface", "linkage.teacher=sface"])   # the white-box variant
+    assert (cfg.linkage.student, cfg.linkage.teacher) == ("sface", "sface")
+
+
 def test_residual_ridge_recovers_a_linear_map():
     rng = np.random.default_rng(0)
     m = np.eye(8) + 0.3 * rng.standard_normal((8, 8))

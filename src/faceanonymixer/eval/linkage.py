@@ -58,7 +58,7 @@ class LinkageConfig:
     images_per_person: int = 2           # attacker photos per attacker person (one joint protection session)
     variants: list[str] | None = None    # variants attacked; null = every evaluated variant
     teacher: str = "faceplugin-fr"       # gallery / target recogniser
-    student: str = "faceplugin-fr"       # initialisation of the attacker's recogniser (sface: white-box variant)
+    student: str = "faceplugin-fr"       # attacker's recogniser init, same size as teacher (white-box: both sface)
     lr: float = 3e-4                     # AdamW learning rate (converges on ours: docs/evaluation.md)
     weight_decay: float = 2e-2
     batch_size: int = 32
@@ -84,6 +84,12 @@ def check_config(lc: LinkageConfig) -> None:
     if lc.teacher not in fr.NAMES or lc.student not in fr.NAMES:
         raise ConfigError(f"linkage.teacher / linkage.student must be recognisers {list(fr.NAMES)}, "
                           f"got {lc.teacher!r} / {lc.student!r}")
+    if fr.DIMS[lc.student] != fr.DIMS[lc.teacher]:
+        raise ConfigError(
+            f"linkage.student {lc.student!r} embeds in {fr.DIMS[lc.student]} dimensions but linkage.teacher "
+            f"{lc.teacher!r} in {fr.DIMS[lc.teacher]}: the student is fine-tuned into the teacher's space, so both "
+            f"must have the same size; for the white-box variant set both: --set linkage.teacher={lc.student} "
+            f"--set linkage.student={lc.student}")
 
 
 # --- the metric ---------------------------------------------------------------------------------------------
@@ -362,6 +368,9 @@ def run(cfg, ds: Dataset, arc: np.ndarray, ffhq: torch.Tensor, prot: dict, metho
     variants = [v for v in (lc.variants or list(prot)) if v in prot]
     teacher = fr.get_recogniser(lc.teacher, device=cfg.device)
     student_init = fr.get_recogniser(lc.student, device=cfg.device)
+    if student_init.dim != teacher.dim:     # user-supplied files can differ from the table in check_config
+        raise FaceAnonyMixerError(f"linkage: student {lc.student!r} gives {student_init.dim}-d embeddings, teacher "
+                                  f"{lc.teacher!r} {teacher.dim}-d; use the same recogniser for both")
     res = int(ffhq.shape[-1])
     att = attacker_set(cfg, lc, ds.people, res, cache_root)
     att_person = att.ds.person_of

@@ -21,6 +21,7 @@ from ..registry import locate
 from .base import ARCFACE_TEMPLATE, Recogniser, cosine, ffhq_to_arcface_matrix
 
 NAMES = ("sface", "dlib-resnet", "faceplugin-fr", "arcface-ir-se50")
+DIMS = {"sface": 128, "dlib-resnet": 128, "faceplugin-fr": 512, "arcface-ir-se50": 512}   # embedding sizes
 DEFAULT = "sface"
 
 _CACHE: dict[tuple[str, str, str], Recogniser] = {}
@@ -88,5 +89,5 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-__all__ = ["NAMES", "DEFAULT", "Recogniser", "get_recogniser", "available", "clear_cache", "cosine",
+__all__ = ["NAMES", "DIMS", "DEFAULT", "Recogniser", "get_recogniser", "available", "clear_cache", "cosine",
            "ffhq_to_arcface_matrix", "ARCFACE_TEMPLATE"]
