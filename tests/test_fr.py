@@ -276,3 +276,12 @@ def test_sface_cuda_matches_cpu(crops):
         b = gpu.embed(x.cuda())
     assert b.device.type == "cuda"
     assert (a - b.cpu()).abs().max() < 1e-3
+
+
+def test_the_dims_table_matches_every_installed_recogniser(crops):
+    from faceanonymixer.fr import DIMS, NAMES
+    assert set(DIMS) == set(NAMES)
+    for name in available():
+        rec = get_recogniser(name)
+        assert rec.dim == DIMS[name], name
+        assert tuple(rec.embed(crops[1][:1]).shape) == (1, DIMS[name]), name
