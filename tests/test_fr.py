@@ -280,8 +280,16 @@ def test_sface_cuda_matches_cpu(crops):
 
 def test_the_dims_table_matches_every_installed_recogniser(crops):
     from faceanonymixer.fr import DIMS, NAMES
-    assert set(DIMS) == set(NAMES)
-    for name in available():
+    from faceanonymixer.fr.arcface import ArcFaceIRSE50
+    from faceanonymixer.fr.dlib_resnet import DlibResNet
+    from faceanonymixer.fr.faceplugin import FacePluginFR
+    from faceanonymixer.fr.sface import SFace
+    classes = {"sface": SFace, "dlib-resnet": DlibResNet, "faceplugin-fr": FacePluginFR,
+               "arcface-ir-se50": ArcFaceIRSE50}
+    assert set(DIMS) == set(NAMES) == set(classes)
+    assert {n: c.dim for n, c in classes.items()} == DIMS          # the class attribute is the source
+    assert "sface" in available()                                  # the loss network, installed with the package
+    for name in available():                                       # and the loaded networks really embed that size
         rec = get_recogniser(name)
         assert rec.dim == DIMS[name], name
         assert tuple(rec.embed(crops[1][:1]).shape) == (1, DIMS[name]), name

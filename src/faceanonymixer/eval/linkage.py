@@ -368,9 +368,6 @@ def run(cfg, ds: Dataset, arc: np.ndarray, ffhq: torch.Tensor, prot: dict, metho
     variants = [v for v in (lc.variants or list(prot)) if v in prot]
     teacher = fr.get_recogniser(lc.teacher, device=cfg.device)
     student_init = fr.get_recogniser(lc.student, device=cfg.device)
-    if student_init.dim != teacher.dim:     # user-supplied files can differ from the table in check_config
-        raise FaceAnonyMixerError(f"linkage: student {lc.student!r} gives {student_init.dim}-d embeddings, teacher "
-                                  f"{lc.teacher!r} {teacher.dim}-d; use the same recogniser for both")
     res = int(ffhq.shape[-1])
     att = attacker_set(cfg, lc, ds.people, res, cache_root)
     att_person = att.ds.person_of

@@ -21,7 +21,9 @@ from ..registry import locate
 from .base import ARCFACE_TEMPLATE, Recogniser, cosine, ffhq_to_arcface_matrix
 
 NAMES = ("sface", "dlib-resnet", "faceplugin-fr", "arcface-ir-se50")
-DIMS = {"sface": 128, "dlib-resnet": 128, "faceplugin-fr": 512, "arcface-ir-se50": 512}   # embedding sizes
+# embedding sizes, readable without importing a recogniser (dlib is heavy); each class's ``dim`` is the source and
+# tests/test_fr.py keeps this table equal to it
+DIMS = {"sface": 128, "dlib-resnet": 128, "faceplugin-fr": 512, "arcface-ir-se50": 512}
 DEFAULT = "sface"
 
 _CACHE: dict[tuple[str, str, str], Recogniser] = {}
