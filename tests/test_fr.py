@@ -279,7 +279,7 @@ def test_sface_cuda_matches_cpu(crops):
 
 
 def test_the_dims_table_matches_every_installed_recogniser(crops):
-    from faceanonymixer.fr import DIMS, NAMES
+    from faceanonymixer.fr import DIFFERENTIABLE, DIMS, NAMES
     from faceanonymixer.fr.arcface import ArcFaceIRSE50
     from faceanonymixer.fr.dlib_resnet import DlibResNet
     from faceanonymixer.fr.faceplugin import FacePluginFR
@@ -288,6 +288,7 @@ def test_the_dims_table_matches_every_installed_recogniser(crops):
                "arcface-ir-se50": ArcFaceIRSE50}
     assert set(DIMS) == set(NAMES) == set(classes)
     assert {n: c.dim for n, c in classes.items()} == DIMS          # the class attribute is the source
+    assert {n for n, c in classes.items() if c.differentiable} == set(DIFFERENTIABLE)
     assert "sface" in available()                                  # the loss network, installed with the package
     for name in available():                                       # and the loaded networks really embed that size
         rec = get_recogniser(name)

@@ -48,6 +48,8 @@ def test_a_student_of_another_embedding_size_than_the_teacher_is_refused_at_load
     with pytest.raises(ConfigError, match=r"linkage.student 'sface' embeds in 128 .*teacher 'faceplugin-fr' in 512"
                                           r".*--set linkage.teacher=sface"):
         ev.load_config(CONFIG, ["linkage.student=sface"])
+    with pytest.raises(ConfigError, match=r"linkage.student 'dlib-resnet' is not differentiable"):
+        ev.load_config(CONFIG, ["linkage.student=dlib-resnet", "linkage.teacher=dlib-resnet"])
     cfg = ev.load_config(CONFIG, ["linkage.student=sface", "linkage.teacher=sface"])   # the white-box variant
     assert (cfg.linkage.student, cfg.linkage.teacher) == ("sface", "sface")
 

@@ -84,6 +84,9 @@ def check_config(lc: LinkageConfig) -> None:
     if lc.teacher not in fr.NAMES or lc.student not in fr.NAMES:
         raise ConfigError(f"linkage.teacher / linkage.student must be recognisers {list(fr.NAMES)}, "
                           f"got {lc.teacher!r} / {lc.student!r}")
+    if lc.student not in fr.DIFFERENTIABLE:
+        raise ConfigError(f"linkage.student {lc.student!r} is not differentiable and cannot be fine-tuned; choose one "
+                          f"of {list(fr.DIFFERENTIABLE)} (and the same for linkage.teacher)")
     if fr.DIMS[lc.student] != fr.DIMS[lc.teacher]:
         raise ConfigError(
             f"linkage.student {lc.student!r} embeds in {fr.DIMS[lc.student]} dimensions but linkage.teacher "

@@ -21,9 +21,10 @@ from ..registry import locate
 from .base import ARCFACE_TEMPLATE, Recogniser, cosine, ffhq_to_arcface_matrix
 
 NAMES = ("sface", "dlib-resnet", "faceplugin-fr", "arcface-ir-se50")
-# embedding sizes, readable without importing a recogniser (dlib is heavy); each class's ``dim`` is the source and
-# tests/test_fr.py keeps this table equal to it
+# embedding sizes and differentiability, readable without importing a recogniser (dlib is heavy); each class's
+# ``dim`` / ``differentiable`` is the source, and tests/test_fr.py keeps these tables equal to it
 DIMS = {"sface": 128, "dlib-resnet": 128, "faceplugin-fr": 512, "arcface-ir-se50": 512}
+DIFFERENTIABLE = ("sface", "faceplugin-fr", "arcface-ir-se50")   # torch graphs (dlib is native)
 DEFAULT = "sface"
 
 _CACHE: dict[tuple[str, str, str], Recogniser] = {}
@@ -91,5 +92,5 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-__all__ = ["NAMES", "DIMS", "DEFAULT", "Recogniser", "get_recogniser", "available", "clear_cache", "cosine",
-           "ffhq_to_arcface_matrix", "ARCFACE_TEMPLATE"]
+__all__ = ["NAMES", "DIMS", "DIFFERENTIABLE", "DEFAULT", "Recogniser", "get_recogniser", "available", "clear_cache",
+           "cosine", "ffhq_to_arcface_matrix", "ARCFACE_TEMPLATE"]
