@@ -8,12 +8,14 @@ from ..train.encoder import EncoderTrainConfig, EncoderTrainer, export_encoder
 from ..train.gan import GeneratorTrainConfig, GeneratorTrainer, export_generator
 from ..train.mixer import MixerTrainConfig, MixerTrainer, export_checkpoint
 
-HELP = "train our embedded StyleGAN2 generator, its encoder or the feed-forward mixer (resumable; CPU or CUDA)"
+HELP = ("train our embedded StyleGAN2 generator, its encoder or the feed-forward mixer (resumable; CPU or CUDA); "
+        "'data' only builds the aligned training cache")
 log = logging.getLogger(__name__)
 
 
 def add_arguments(p):
-    p.add_argument("what", choices=["generator", "encoder", "mixer"], help="which model to train")
+    p.add_argument("what", choices=["generator", "encoder", "mixer", "data"],
+                   help="which model to train; 'data': build the aligned caches of the config's data and flat_data")
     p.add_argument("--config", help="YAML config (configs/train_generator.yaml, train_encoder.yaml or train_mixer.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--minutes", type=float, help="stop after this many minutes (checkpoint is written)")
@@ -24,6 +26,8 @@ def run(args) -> int:
     overrides = list(args.set)
     if args.minutes is not None:
         overrides.append(f"max_minutes={args.minutes}")
+    if args.what == "data":
+        return _build_data(config_mod.load(GeneratorTrainConfig, args.config, overrides))
     if args.what == "generator":
         cfg = config_mod.load(GeneratorTrainConfig, args.config, overrides)
         trainer = GeneratorTrainer(cfg)
@@ -45,4 +49,27 @@ def run(args) -> int:
         if args.export:
             export_encoder(trainer.out / "checkpoint.pt", args.export)
             print(f"exported encoder to {args.export}")
+    return 0
+
+
+def _build_data(cfg: GeneratorTrainConfig) -> int:
+    """Align and cache the 'train' photos of the config's identity folders and flat folder; print what each holds."""
+    from ..train.data import (cache_summary, expand_path, prepare_aligned, prepare_aligned_flat, resolve_data)
+    paths = []
+    if cfg.data != "none":
+        paths.append(("identity folders", prepare_aligned(resolve_data(expand_path(cfg.data, "data")), cfg.cache,
+                                                          cfg.resolution, "train", cfg.max_images)))
+    flat = expand_path(cfg.flat_data, "flat_data")
+    if flat:
+        paths.append(("flat folder", prepare_aligned_flat(flat, cfg.cache, cfg.resolution, "train",
+                                                          expand_path(cfg.flat_manifest, "flat_manifest"),
+                                                          cfg.max_images)))
+    total = 0
+    for what, path in paths:
+        s = cache_summary(path)
+        total += s["images"]
+        failed = "unknown" if s["failed"] is None else s["failed"]
+        print(f"{what}: {s['images']} aligned {cfg.resolution}x{cfg.resolution} photos, {failed} without a usable "
+              f"face (listed in {path.stem}_failed.json) -> {path}")
+    print(f"training photos in all: {total}")
     return 0

@@ -32,7 +32,7 @@ from ..models.loading import load_generator
 from ..registry import locate
 from ..tensors import from_uint8
 from .checkpoint import config_snapshot, write_checkpoint
-from .data import load_aligned, prepare_aligned, resolve_data
+from .data import training_images
 from .gan import _stop_on_sigterm, resolve_device
 from .grid import save_grid
 
@@ -45,6 +45,10 @@ class EncoderTrainConfig:
     data: str | None = None                          # identity folders <data>/<person>/<images> ('train' people are
                                                      # used); None = $FACEANONYMIXER_LFW/images (train.data.resolve_data)
     cache: str = "runs/data"                         # aligned-image cache (shared with the generator trainer)
+    flat_data: str | None = None                     # a flat folder of photos without identities (e.g. UTKFace) added to
+                                                     # `data`; "$VAR" is expanded; data: none = flat_data alone
+    flat_manifest: str | None = None                 # CSV (file,split) naming flat_data's usable photos; None = split
+                                                     # by content hash (train.data.content_split)
     out: str = "runs/encoder"                        # checkpoints, samples, log
     encoder: dict = field(default_factory=lambda: dict(   # Encoder4Editing kwargs (n_styles is taken from G)
         input_size=128, units=[2, 3, 4, 2], channels=[32, 64, 128, 256], style_hidden=128))
@@ -125,9 +129,8 @@ class EncoderTrainer:
     def _load_data(self, images) -> np.ndarray:
         """uint8 [N,R,R,3], kept compact; batches are converted when drawn."""
         if images is None:
-            path = prepare_aligned(resolve_data(self.cfg.data), self.cfg.cache, self.G.resolution, "train",
-                                   self.cfg.max_images)
-            images, _ = load_aligned(path)
+            images, _ = training_images(self.cfg.data, self.cfg.cache, self.G.resolution, self.cfg.flat_data,
+                                        self.cfg.flat_manifest, self.cfg.max_images)
         R = self.G.resolution
         assert images.ndim == 4 and images.shape[1:] == (R, R, 3), images.shape
         return np.ascontiguousarray(images)

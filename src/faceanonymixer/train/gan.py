@@ -28,7 +28,7 @@ from ..models.stylegan2 import Discriminator, Generator
 from ..tensors import from_uint8
 from .augment import diff_augment
 from .checkpoint import config_snapshot, write_checkpoint
-from .data import load_aligned, prepare_aligned, resolve_data
+from .data import training_images
 from .grid import save_grid
 from .identity_loss import IdentityLoss
 
@@ -40,6 +40,10 @@ class GeneratorTrainConfig:
     data: str | None = None                         # identity folders <data>/<person>/<images> ('train' people are
                                                     # used); None = $FACEANONYMIXER_LFW/images (train.data.resolve_data)
     cache: str = "runs/data"                        # aligned-image cache folder
+    flat_data: str | None = None                    # a flat folder of photos without identities (e.g. UTKFace) added to
+                                                    # `data`; "$VAR" is expanded; data: none = flat_data alone
+    flat_manifest: str | None = None                # CSV (file,split) naming flat_data's usable photos; None = split
+                                                    # by content hash (train.data.content_split)
     out: str = "runs/generator"                     # checkpoints, samples, log
     resolution: int = 64                            # output side (power of two)
     channels: dict = field(default_factory=lambda: {4: 256, 8: 256, 16: 128, 32: 64, 64: 32})  # G channels per resolution
@@ -149,9 +153,8 @@ class GeneratorTrainer:
     def _load_data(self, images: np.ndarray | None) -> np.ndarray:
         """uint8 [N,R,R,3], kept compact; batches are converted when drawn."""
         if images is None:
-            path = prepare_aligned(resolve_data(self.cfg.data), self.cfg.cache, self.cfg.resolution, "train",
-                                   self.cfg.max_images)
-            images, _ = load_aligned(path)
+            images, _ = training_images(self.cfg.data, self.cfg.cache, self.cfg.resolution, self.cfg.flat_data,
+                                        self.cfg.flat_manifest, self.cfg.max_images)
         assert images.ndim == 4 and images.shape[1:] == (self.cfg.resolution, self.cfg.resolution, 3), images.shape
         log.info("training images: %d", images.shape[0])
         return np.ascontiguousarray(images)
