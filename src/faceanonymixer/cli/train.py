@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from .. import config as config_mod
+from ..fileio import shown
 from ..train.encoder import EncoderTrainConfig, EncoderTrainer, export_encoder
 from ..train.gan import GeneratorTrainConfig, GeneratorTrainer, export_generator
 from ..train.mixer import MixerTrainConfig, MixerTrainer, export_checkpoint
@@ -20,29 +21,23 @@ def add_arguments(p):
     p.add_argument("--export", metavar="PATH", help="after training, export the weights (generator: EMA) as safetensors+JSON")
 
 
+TRAINERS = {"generator": (GeneratorTrainConfig, GeneratorTrainer, export_generator),
+            "encoder": (EncoderTrainConfig, EncoderTrainer, export_encoder),
+            "mixer": (MixerTrainConfig, MixerTrainer, export_checkpoint)}
+
+
 def run(args) -> int:
     overrides = list(args.set)
     if args.minutes is not None:
         overrides.append(f"max_minutes={args.minutes}")
-    if args.what == "generator":
-        cfg = config_mod.load(GeneratorTrainConfig, args.config, overrides)
-        trainer = GeneratorTrainer(cfg)
-        trainer.run()
-        if args.export:
-            export_generator(trainer.out / "checkpoint.pt", args.export)
-            print(f"exported generator to {args.export}")
-    elif args.what == "mixer":
-        cfg = config_mod.load(MixerTrainConfig, args.config, overrides)
-        trainer = MixerTrainer(cfg)
-        trainer.run()
-        if args.export:
-            export_checkpoint(trainer.out / "checkpoint.pt", args.export)
-            print(f"exported mixer to {args.export}")
-    else:
-        cfg = config_mod.load(EncoderTrainConfig, args.config, overrides)
-        trainer = EncoderTrainer(cfg)
-        trainer.run()
-        if args.export:
-            export_encoder(trainer.out / "checkpoint.pt", args.export)
-            print(f"exported encoder to {args.export}")
+    cfg_cls, trainer_cls, export = TRAINERS[args.what]
+    trainer = trainer_cls(config_mod.load(cfg_cls, args.config, overrides))
+    trainer.run()
+    ckpt = trainer.out / "checkpoint.pt"
+    print(f"trained the {args.what} to step {trainer.step}: checkpoint {shown(str(ckpt))} (the same command "
+          "continues from it)")
+    if args.export:
+        export(ckpt, args.export)
+        print(f"exported the {args.what} to {shown(args.export)}"
+              + (" (EMA weights)" if args.what == "generator" else ""))
     return 0
