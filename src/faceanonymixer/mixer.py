@@ -1,5 +1,5 @@
-"""The feed-forward mixer (experimental, docs/mixer.md): one pass ``M(ws_real, e, key) -> protected W+`` instead of the 50-step
-per-image optimisation.
+"""The feed-forward mixer (experimental, docs/mixer.md): one pass ``M(ws_real, e, key) -> protected W+`` instead
+of the 50-step per-image optimisation.
 
 Only the identity band (``MixPlan.optimised_layers``) is written; the other layers stay the photo's own code
 (layers the plan takes from the key, 'code' assignment, take the key's code as in ``mixing.mix``). The band is
