@@ -1,4 +1,4 @@
-"""The feed-forward mixer (issue 18) with tiny random models: shapes, band-only edits, the naive mix at alpha 0,
+"""The feed-forward mixer (mixer.py) with tiny random models: shapes, band-only edits, the naive mix at alpha 0,
 the key rotation, weights round trip, protection through a Protector, and the trainer (loss goes down, resume
 is exact). A tiny random conv net behind the Recogniser API stands in for the loss net (SFace costs ~0.2 s per
 face and step on this CPU); one step runs with the real SFace and its attribute term (a registry package, no

@@ -153,7 +153,7 @@ def test_mixer_engine_workflow_on_sample_photos(tmp_path, capsys):
     for every key: the old key is refused after revocation, Biden's photo under Obama's stolen key is rejected and
     scores below Obama's own probe under the same key. What does not: the genuine probe is accepted only about
     half the time (fixed key k1 here: rejected, k2: accepted; 20 fresh random keys: docs/mixer.md), which is why
-    the workflow keeps the paper's optimisation (README, "Which engine the workflow uses")."""
+    the workflow keeps the paper's optimisation (docs/mixer.md, "Which engine the workflow uses")."""
     db, k1, k2 = str(tmp_path / "g.db"), tmp_path / "k1.key", tmp_path / "k2.key"
     write_key_file(k1, Key(bytes([1]) * 32))
     write_key_file(k2, Key(bytes([2]) * 32))

@@ -1,4 +1,4 @@
-"""Deployment-protocol probe of the feed-forward mixer (issue 18) against the naive mix, on LFW 'val' people.
+"""Deployment-protocol probe of the feed-forward mixer (docs/mixer.md) against the naive mix, on LFW 'val' people.
 
 Every image is protected alone (one forward pass per image; nothing ties two photos together but the key).
 Per person p: key k1_p (enrolment) and k2_p (a second, independent key). Engines: ``naive`` (the identity band

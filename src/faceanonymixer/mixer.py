@@ -1,5 +1,5 @@
-"""The feed-forward mixer (issue 18): one pass ``M(ws_real, e, key) -> protected W+`` instead of the 50-step
-per-image optimisation.
+"""The feed-forward mixer (experimental, docs/mixer.md): one pass ``M(ws_real, e, key) -> protected W+`` instead
+of the 50-step per-image optimisation.
 
 Only the identity band (``MixPlan.optimised_layers``) is written; the other layers stay the photo's own code
 (layers the plan takes from the key, 'code' assignment, take the key's code as in ``mixing.mix``). The band is
@@ -15,7 +15,7 @@ Only the identity band (``MixPlan.optimised_layers``) is written; the other laye
 * ``f`` (a semi-orthogonal linear map plus an MLP, on the recogniser embedding ``e``) is the only learnt map of
   identity; it is key-independent.
   Routing the term through the mapping network keeps the band where the generator makes faces (a free W-space
-  offset head learnt to leave the face manifold, issue 18).
+  offset head, the first design, learnt to leave the face manifold).
 * The mapping net starts with PixelNorm, so only the direction of ``z`` matters: ``alpha`` sets the balance
   between key and person (alpha = 1: equal norms).
 

@@ -209,18 +209,3 @@ def status_rows() -> list[dict]:
                          present=found is not None, path=str(found) if found else None, obtain=spec.obtain))
     return rows
 
-
-# --- CLI: `faceanonymixer weights` -------------------------------------------------------------------
-    for r in rows:
-        state = "present" if r["present"] else "MISSING"
-        if "sha256_ok" in r and not r["sha256_ok"]:
-            state = "CORRUPT (sha256 mismatch)"
-        print(f"{r['name']:<20} [{r['kind']}] {state}")
-        print(f"    file:    {r['file']}  sha256: {r['sha256']}")
-        print(f"    licence: {r['licence']}")
-        if r["present"]:
-            print(f"    path:    {r['path']}")
-        else:
-            print("    looked in: " + "; ".join(r["looked_in"]))
-            print(f"    to fix:  {r['obtain']}")
-    return 0

@@ -36,6 +36,7 @@ EXAMPLES = """examples:
   faceanonymixer fr-eval --pairs pairs.txt --root lfw/images --model sface
   faceanonymixer generate --seeds 0-15 --out samples/
   faceanonymixer invert photo.jpg --out recon/
+  faceanonymixer train generator --config configs/train_generator.yaml --minutes 60 --export gen.safetensors
   faceanonymixer keygen --out alice.key
   faceanonymixer protect photos/ --key alice.key --out protected/
   faceanonymixer enrol alice photos/alice --key alice.key --gallery gallery.db

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 
+from ..fileio import shown
 from ..eval.dataset import DATA_ENV, data_root
 from ..eval.evaluate import EvalConfig, evaluate, load_config
 
@@ -48,5 +49,8 @@ def run(args) -> int:
     # the exact, reproducible equivalent of this invocation (written into the report)
     command = "faceanonymixer evaluate" + (f" --config {shlex.quote(args.config)}" if args.config else "") + "".join(
         f" --set {shlex.quote(o)}" for o in overrides_from_args(args))
-    evaluate(cfg, command=command)
+    m = evaluate(cfg, command=command)
+    c = m["counts"]
+    print(f"evaluated {', '.join(cfg.variants)} on {c['people']} people, {c['images']} images: wrote report.md, "
+          f"report.html, metrics.json and scores.csv to {shown(str(cfg.out))}")
     return 0

@@ -1,4 +1,4 @@
-"""Trainer of the feed-forward mixer (``faceanonymixer train mixer``, issue 18; the network is ``mixer.Mixer``).
+"""Trainer of the feed-forward mixer (``faceanonymixer train mixer``; the network is ``mixer.Mixer``, docs/mixer.md).
 
 Each step draws P 'train' people x J different photos of each and K fresh random keys, and protects every
 (photo, key) pair alone in one pass: N = P*J*K protected images. The losses (``train.mixer_loss``) act on the

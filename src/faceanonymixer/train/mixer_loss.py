@@ -1,4 +1,4 @@
-"""Loss of the mixer trainer (issue 18), apart from the training loop.
+"""Loss of the mixer trainer (docs/mixer.md, "Training"), apart from the training loop.
 
 A batch holds P people x J photos x K keys; every protected image i has a person p(i) and a key k(i), and its
 class is (p, k). On the loss recogniser's embeddings of the protected images (SFace, never an evaluation net):
