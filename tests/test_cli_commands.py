@@ -220,6 +220,9 @@ def test_keygen(tmp_path):
     assert key.stat().st_mode & 0o777 == 0o600 and key.read_text().split()[-1] not in out
     rc, out, err = run(["keygen", "--out", str(key)])
     assert rc == 2 and out == "" and f"{key} already exists" in err and read_key_file(key).fingerprint == fp
+    assert "--force" in err                                                   # the way out is named
+    rc, out, _ = run(["keygen", "--out", str(key), "--force"])
+    assert rc == 0 and read_key_file(key).fingerprint != fp
 
 
 @needs_models

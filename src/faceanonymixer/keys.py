@@ -134,8 +134,9 @@ def write_key_file(path: str | os.PathLike, key: Key | None = None, overwrite: b
     path = Path(path)
     key = key or Key.generate()
     if (path.exists() or path.is_symlink()) and not overwrite:
-        raise KeyFileError(f"{shown(path)} already exists; refusing to overwrite a key (delete it first or choose "
-                           "another name)")
+        raise KeyFileError(f"{shown(path)} already exists; refusing to overwrite a key (choose another name, "
+                           "or give --force to replace it: data protected under the old key can then no longer "
+                           "be verified)")
     if (path.exists() or path.is_symlink()) and (path.is_symlink() or not path.is_file()):
         raise KeyFileError(f"{shown(path)} exists and is not a regular file (a link, device or folder); a key is "
                            "never written over it, even with --force. Choose another name.")
