@@ -109,8 +109,8 @@ def run(args) -> int:
     require("sqlalchemy")
     cfg = _config(args)
     if getattr(args, "serve_command", None) == "token":
-        from ..service.store import Store
-        with Store(cfg.db) as store:
+        from ..gallery import Gallery
+        with Gallery(cfg.db, create=True) as store:
             if args.token_command == "add":
                 token = store.add_token(args.name, args.role)
                 print(f"API token for '{shown(args.name)}', role {args.role} (shown once, only its hash is stored; "
