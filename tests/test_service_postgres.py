@@ -101,8 +101,8 @@ def db_url():
 def test_the_cluster_is_postgresql(db_url):
     from sqlalchemy import text
 
-    from faceanonymixer.service.store import SCHEMA_VERSION, Store
-    with Store(db_url) as s:
+    from faceanonymixer.gallery import SCHEMA_VERSION, Gallery
+    with Gallery(db_url) as s:
         with s.engine.connect() as c:
             assert "PostgreSQL" in c.execute(text("SELECT version()")).scalar_one()
         assert s.stats()["schema"] == SCHEMA_VERSION
@@ -113,8 +113,8 @@ def test_the_database_itself_refuses_a_revoked_key_and_foreign_templates_on_post
     from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
 
-    from faceanonymixer.service.store import Store
-    with Store(db_url) as s:
+    from faceanonymixer.gallery import Gallery
+    with Gallery(db_url) as s:
         e = np.eye(1, 128, dtype=np.float32)
         s.enrol("pg-ana", "a" * 16, "sface", e, [b"1"])
         s.revoke("pg-ana", "b" * 16, "sface", e, [b"2"])

@@ -271,13 +271,16 @@ class Gallery:
     Opening creates the schema in a new database, upgrades an older one, carries a local gallery of the old
     SQLite-only format over (backup first) and refuses anything else without changing it."""
 
-    def __init__(self, where,                       # SQLite file path, sqlite:///FILE or postgresql://USER@HOST/DB
+    def __init__(self, where,                       # SQLite file path, or URL: sqlite:///FILE, postgresql://USER@HOST/DB
+                                                    # (a str with "://" or an engine_url(); a str without is a path)
                  create: bool = False,              # make a missing SQLite file (its folder must exist)
                  migrate: bool = True,              # create / upgrade the schema on open
                  target_version: int = SCHEMA_VERSION,   # upgrade this far (tests make older galleries)
                  overwrite_backup: bool = False):   # a legacy file's migration may replace an existing backup
         from sqlalchemy.engine import URL
-        if _is_url(where):
+        if isinstance(where, URL):
+            self.url = engine_url(where.render_as_string(hide_password=False))
+        elif _is_url(where):
             self.url = engine_url(where)
         else:
             self.url = URL.create("sqlite", database=os.fspath(where))

@@ -28,7 +28,7 @@ from ..errors import FaceAnonyMixerError
 from ..fileio import shown
 from ..fr import get_recogniser
 from ..gallery import (MAX_NAME, ConflictError, Gallery, GalleryError, NotEnrolledError, RevokedKeyError,
-                       StoreUnavailable, check_person)
+                       StoreUnavailable, check_person, engine_url)
 from ..tensors import from_uint8
 from ..workflow import embed
 from .config import ServiceConfig, loopback, resolve_profile
@@ -92,7 +92,7 @@ class Service:
         self.cfg = cfg
         self.profile = resolve_profile(cfg.match)
         torch.set_num_threads(cfg.match.threads)
-        self.store = store if store is not None else Gallery(cfg.db, create=True)
+        self.store = store if store is not None else Gallery(engine_url(cfg.db), create=True)
         self.matcher = matcher if matcher is not None else get_recogniser(self.profile.matcher,
                                                                           device=cfg.match.device)
         R = self.profile.resolution
