@@ -277,7 +277,11 @@ class Gallery:
                  migrate: bool = True,              # create / upgrade the schema on open
                  target_version: int = SCHEMA_VERSION,   # upgrade this far (tests make older galleries)
                  overwrite_backup: bool = False):   # a legacy file's migration may replace an existing backup
-        from sqlalchemy.engine import URL
+        try:
+            from sqlalchemy.engine import URL
+        except ImportError:
+            raise GalleryError("the gallery needs SQLAlchemy, a dependency of faceanonymixer: pip install "
+                               "'sqlalchemy>=2.0' (or reinstall faceanonymixer)") from None
         if isinstance(where, URL):
             self.url = engine_url(where.render_as_string(hide_password=False))
         elif _is_url(where):
