@@ -180,3 +180,28 @@ def test_the_gallery_imports_without_sqlalchemy_and_postgresql_without_psycopg_i
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "PostgreSQL needs the psycopg package" in r.stdout and "faceanonymixer[service]" in r.stdout
+
+
+def test_one_file_for_both_front_doors(tmp_path, capsys):
+    """A gallery the service made (`serve token add --db sqlite:///FILE`) is the local commands' gallery too."""
+    db = tmp_path / "service.db"
+    assert run_cli(["serve", "token", "add", "ci", "--db", f"sqlite:///{db}"]) == 0
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    with Gallery(f"sqlite:///{db}") as g:                 # as the service stores: PNG bytes as received
+        g.enrol("ana", fp(1), "sface", np.eye(2, 8, dtype=np.float32),
+                [png for png in (_png(0), _png(1))])
+    capsys.readouterr()
+    assert run_cli(["gallery", "list", "--gallery", str(db)]) == 0
+    assert capsys.readouterr().out == f"ana\tkey {fp(1)}\tsface\t2 template(s)\n"
+    k = tmp_path / "k1.key"
+    write_key_file(k, Key(bytes([1]) * 32))
+    assert run_cli(["revoke", "ana", "--gallery", str(db)]) == 0
+    assert run_cli(["enrol", "bob", "x.jpg", "--key", str(k), "--gallery", str(db)]) == 2     # revoked for anyone
+    assert "revoked" in capsys.readouterr().out
+    with Gallery(f"sqlite:///{db}") as g:
+        assert g.person("ana")["revoked_keys"] == 1 and [n for n, _, _ in g.tokens()] == ["ci"]
+
+
+def _png(i: int) -> bytes:
+    from faceanonymixer.gallery import png_bytes
+    return png_bytes(np.full((4, 4, 3), i, np.uint8))

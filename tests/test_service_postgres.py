@@ -125,3 +125,23 @@ def test_the_database_itself_refuses_a_revoked_key_and_foreign_templates_on_post
             with pytest.raises(IntegrityError):
                 with s.engine.begin() as c:
                     c.execute(text(sql))
+
+
+def test_the_local_commands_use_a_postgresql_gallery(db_url, capsys):
+    """`--gallery URL`: the local gallery commands on the service's PostgreSQL gallery (one gallery module)."""
+    import numpy as np
+    from _tiny import run_cli
+
+    from faceanonymixer.gallery import Gallery, png_bytes
+    with Gallery(db_url) as s:
+        s.enrol("pg-cli", "d" * 16, "sface", np.eye(1, 8, dtype=np.float32), [png_bytes(np.zeros((4, 4, 3), np.uint8))])
+    capsys.readouterr()
+    assert run_cli(["gallery", "list", "--gallery", db_url]) == 0
+    assert f"pg-cli\tkey {'d' * 16}\tsface\t1 template(s)" in capsys.readouterr().out
+    assert run_cli(["revoke", "pg-cli", "--gallery", db_url]) == 0
+    capsys.readouterr()
+    rc = run_cli(["gallery", "check", "--gallery", db_url])
+    out, err = capsys.readouterr()
+    # the only findings may be the fake PNGs (b"1", b"2") that the constraint test above stores for pg-ana
+    assert all("'pg-ana': image is not a valid PNG" in line for line in err.splitlines()[1:]), err
+    assert (rc, "ok (schema v4" in out) == ((1, False) if err else (0, True))
