@@ -124,13 +124,23 @@ def test_an_interrupted_migration_reuses_its_own_backup(tmp_path):
         assert g.people() == ["alice", "bob"] and g.check() == []
 
 
-def test_a_key_shared_by_two_people_is_refused_and_nothing_changes(tmp_path):
+def test_a_key_shared_by_two_people_is_refused_unless_revoked_for_all(tmp_path, capsys):
     db = tmp_path / "g.db"
     shutil.copy(DATA / "gallery-v2-shared-key.db", db)
     original = db.read_bytes()
     with pytest.raises(GalleryError, match=r"cannot be migrated: key \w+ is the active key of 2 people \('ann', 'ben'\)"):
         Gallery(db)
     assert db.read_bytes() == original and not (tmp_path / "g.db.v2-backup").exists()
+    assert run_cli(["gallery", "list", "--gallery", str(db)]) == 2
+    assert "--revoke-shared-keys" in capsys.readouterr().out
+    assert run_cli(["gallery", "migrate", "--revoke-shared-keys", "--gallery", str(db)]) == 0
+    assert "schema v4 (1 person(s), 1 template(s), 1 revoked key(s))" in capsys.readouterr().out
+    assert (tmp_path / "g.db.v2-backup").read_bytes() == original
+    with Gallery(db) as g:
+        assert g.people() == ["cid"] and g.is_revoked("ann", fp(6)) and g.check() == []
+        for person in ("ann", "ben"):
+            with pytest.raises(RevokedKeyError):
+                g.enrol(person, fp(6), "sface", np.eye(1, 8, dtype=np.float32))
 
 
 def test_service_schema_versions_upgrade_and_gain_the_sqlite_rules(tmp_path):

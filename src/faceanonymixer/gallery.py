@@ -276,7 +276,8 @@ class Gallery:
                  create: bool = False,              # make a missing SQLite file (its folder must exist)
                  migrate: bool = True,              # create / upgrade the schema on open
                  target_version: int = SCHEMA_VERSION,   # upgrade this far (tests make older galleries)
-                 overwrite_backup: bool = False):   # a legacy file's migration may replace an existing backup
+                 overwrite_backup: bool = False,    # a legacy file's migration may replace an existing backup
+                 revoke_shared_keys: bool = False):  # a legacy key active for several people: revoke it for all
         try:
             from sqlalchemy.engine import URL
         except ImportError:
@@ -291,7 +292,7 @@ class Gallery:
         self.sqlite = self.url.get_backend_name() == "sqlite"
         self.path = Path(self.url.database) if self.sqlite else None
         self.where = shown(self.path) if self.sqlite else self.url.render_as_string(hide_password=True)
-        self.overwrite_backup = overwrite_backup
+        self.overwrite_backup, self.revoke_shared_keys = overwrite_backup, revoke_shared_keys
         if self.sqlite:
             self._open_file(create)
         self.engine = self._engine(wal=True)
@@ -483,7 +484,7 @@ class Gallery:
         """Legacy rows -> this schema, in the caller's write transaction. Every check first, then the backup,
         then the writes; a refusal changes nothing."""
         S = _schema()
-        data = _read_legacy(conn, kind, self.where)
+        data = _read_legacy(conn, kind, self.where, self.revoke_shared_keys)
         backup = self._backup(kind)
         for v in range(SCHEMA_VERSION):
             if v == 0:
@@ -868,12 +869,12 @@ def _legacy_kind(conn, where: str) -> int | None:
                        f"tables {sorted(tables)}); it was not changed. Give another path.")
 
 
-def _read_legacy(conn, kind: int, where: str) -> SimpleNamespace:
+def _read_legacy(conn, kind: int, where: str, revoke_shared: bool = False) -> SimpleNamespace:
     """The legacy gallery's content in this schema's terms: revoked {fp: (first person, time)}, people {person:
     (fp, matcher, enrolled)}, templates [(person, fp, matcher, embedding, png, digest, created)]. Format 1 had no
     rules: a person left under several keys by a race keeps the newest, the older ones are revoked; a person whose
     newest key is revoked is dropped (both logged). One key active for several people (format 2 allowed it) cannot
-    be carried over: refused, nothing changed."""
+    be carried over: refused, nothing changed; with ``revoke_shared`` it is revoked for all of them."""
     now = time.time()
     revoked: dict[str, tuple[str, float]] = {}
     for person, fp, when in conn.exec_driver_sql("SELECT person, key_fingerprint, revoked FROM revocations "
@@ -898,12 +899,18 @@ def _read_legacy(conn, kind: int, where: str) -> SimpleNamespace:
     for person, (fp, _, _) in people.items():
         owners.setdefault(fp, []).append(person)
     shared = {fp: ps for fp, ps in owners.items() if len(ps) > 1}
-    if shared:
+    if shared and not revoke_shared:
         fp, ps = next(iter(shared.items()))
         raise GalleryError(f"gallery {where} cannot be migrated: key {fp} is the active key of "
                            f"{len(ps)} people ({', '.join(repr(shown(p)) for p in ps[:5])}), and a key now belongs "
-                           f"to one person ({len(shared)} shared key(s) in all); nothing was changed. Revoke all but "
-                           "one of them with the faceanonymixer that made the gallery, then open it again.")
+                           f"to one person ({len(shared)} shared key(s) in all); nothing was changed. Revoke the "
+                           "shared keys for all their people (each re-enrols under their own key) with "
+                           "`faceanonymixer gallery migrate --revoke-shared-keys`, or keep using the older "
+                           "faceanonymixer.")
+    for fp, ps in shared.items():
+        revoked.setdefault(fp, (ps[0], now))
+        log.warning("gallery migration: key %s was shared by %d people; it is revoked for all of them (they re-enrol "
+                    "under their own keys)", fp, len(ps))
     for person in [p for p, (fp, _, _) in people.items() if fp in revoked]:
         log.warning("gallery migration: '%s' had templates under a revoked key; they are dropped", shown(person))
         del people[person]

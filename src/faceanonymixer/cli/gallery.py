@@ -20,14 +20,18 @@ def add_arguments(p):
     p.add_argument("--gallery", help="gallery: SQLite file or database URL (default: workflow.gallery)")
     p.add_argument("--overwrite-backup", action="store_true", help="migrate: replace an existing FILE.vN-backup "
                    "(never replaced otherwise)")
+    p.add_argument("--revoke-shared-keys", action="store_true", help="migrate: a key that an older gallery has "
+                   "active for several people is revoked for all of them (their templates deleted; each re-enrols "
+                   "under their own key); without it such a gallery is not migrated")
     add_config(p)
 
 
 def run(args) -> int:
-    if args.overwrite_backup and args.action != "migrate":
-        raise GalleryError("--overwrite-backup goes with `faceanonymixer gallery migrate`; nothing was done")
+    if (args.overwrite_backup or args.revoke_shared_keys) and args.action != "migrate":
+        raise GalleryError("--overwrite-backup and --revoke-shared-keys go with `faceanonymixer gallery migrate`; "
+                           "nothing was done")
     db = gallery_path(app_config(args), args.gallery)
-    with Gallery(db, overwrite_backup=args.overwrite_backup) as g:
+    with Gallery(db, overwrite_backup=args.overwrite_backup, revoke_shared_keys=args.revoke_shared_keys) as g:
         if args.action == "list":
             for person, fp, m, n in g.listing():
                 print(f"{shown(person)}\tkey {fp}\t{m}\t{n} template(s)")
