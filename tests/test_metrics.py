@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LFW
 
 from faceanonymixer.eval import metrics as M
 from faceanonymixer.eval.protocols import (Pair, PairsFileError, limit_pairs, read_lfw_pairs, read_pairs,
@@ -174,7 +175,7 @@ def test_read_lfw_pairs(tmp_path):
 
 
 def test_lfw_view2_file_parses():
-    f = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw" / "pairs_view2_available.txt"
+    f = LFW / "pairs_view2_available.txt"
     if not f.is_file():
         pytest.skip(f"{f} not found")
     pairs = read_lfw_pairs(f, f.parent / "images")
