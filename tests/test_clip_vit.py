@@ -14,6 +14,8 @@ from faceanonymixer.losses import FaRLTokens, attribute_loss, get_attribute_enco
 from faceanonymixer.models.clip_vit import VisionTransformer, infer_config, load_clip_visual, visual_state_dict
 from faceanonymixer.registry import candidates, get_spec
 
+pytestmark = pytest.mark.numerics   # golden / recorded numbers / determinism: .ci/run reruns them on other CPUs' kernels
+
 FARL_FILE = get_spec("farl-vit-b16").filename
 
 

@@ -12,6 +12,8 @@ from faceanonymixer.eval import metrics as M
 from faceanonymixer.eval.protocols import (Pair, PairsFileError, limit_pairs, read_lfw_pairs, read_pairs,
                                            read_pairs_csv, sample_pairs, write_pairs_csv)
 
+pytestmark = pytest.mark.numerics   # golden / recorded numbers / determinism: .ci/run reruns them on other CPUs' kernels
+
 stats = pytest.importorskip("scipy.stats")
 optimize = pytest.importorskip("scipy.optimize")
 
