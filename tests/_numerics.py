@@ -35,14 +35,20 @@ def float32_atol(ref: torch.Tensor, k: int, depth: int = 1, c: float = 1.0) -> f
     return c * math.sqrt(k * depth) * U32 * float(ref.detach().abs().max())
 
 
+def log_margin(diff: float, tol: float) -> None:
+    """With $NUMERICS_LOG set, append test, difference, tolerance and their ratio (measuring margins on a CPU)."""
+    if os.environ.get("NUMERICS_LOG"):
+        with open(os.environ["NUMERICS_LOG"], "a") as f:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").split(" ")[0]
+            f.write(f"{test}\t{diff:.3g}\t{tol:.3g}\t{diff / tol if tol else float('inf'):.3f}\n")
+
+
 def assert_close32(got: torch.Tensor, ref: torch.Tensor, k: int, depth: int = 1, c: float = 1.0) -> float:
     """Assert max|got - ref| <= float32_atol(ref, k, depth, c); returns the difference (for messages/tests)."""
     assert got.shape == ref.shape, (tuple(got.shape), tuple(ref.shape))
     diff = float((got.detach().double() - ref.detach().double()).abs().max())
     tol = float32_atol(ref, k, depth, c)
-    if os.environ.get("NUMERICS_LOG"):   # measuring the margins on a CPU: one line per comparison
-        with open(os.environ["NUMERICS_LOG"], "a") as f:
-            f.write(f"{os.environ.get('PYTEST_CURRENT_TEST', '?').split(' ')[0]}\t{diff:.3g}\t{tol:.3g}\t{diff / tol:.3f}\n")
+    log_margin(diff, tol)
     assert diff <= tol, (f"max abs diff {diff:.3g} > {tol:.3g} (= {c} * sqrt({k} * {depth}) * 2^-24 * max|ref| "
                          f"{float(ref.abs().max()):.3g})")
     return diff
