@@ -86,12 +86,12 @@ def main() -> int:
     from faceanonymixer.keys import Key
     from faceanonymixer.service.client import Client
     from faceanonymixer.service.errors import ApiError
-    from faceanonymixer.service.store import Store
+    from faceanonymixer.gallery import Gallery
 
     pngs, side = protected_pngs(a.steps)
     tmp = Path(tempfile.mkdtemp(prefix="fam-bench-"))
     db = a.db or f"sqlite:///{tmp / 'service.db'}"
-    with Store(db) as st:
+    with Gallery(db, create=True) as st:
         token = st.add_token(f"bench-{os.getpid()}", role="admin")
     port = free_port()
     argv = [sys.executable, "-c", MAIN, "serve", "--db", db, "--port", str(port),
@@ -136,11 +136,11 @@ def main() -> int:
         lost = [p for p, fp_, _ in people
                 if (lambda d: not d["enrolled"] or d["key_fingerprint"] != fp_ or d["templates"] != a.images)(
                     clients[0].person(p))]
-        with Store(db) as st:
+        with Gallery(db) as st:
             stats = st.stats()
         lat = np.array([t for r, t in verified if r is not None]) * 1000
         out = dict(
-            db=Store(db).url.get_backend_name(), matcher=info["matcher"], resolution=side,
+            db=Gallery(db).url.get_backend_name(), matcher=info["matcher"], resolution=side,
             clients=a.clients, verify_requests=a.requests, verify_ok=int(sum(r is not None for r, _ in verified)),
             verify_p50_ms=round(float(np.percentile(lat, 50)), 1) if lat.size else None,
             verify_p95_ms=round(float(np.percentile(lat, 95)), 1) if lat.size else None,

@@ -1,16 +1,18 @@
 """Shared test helpers: where the golden fixtures and the LFW development copy live.
 
-Both are found relative to the project root (``../shared``). When absent (a user's fresh clone) the tests
+Both are found relative to the project root (``../shared``), or under ``$FACEANONYMIXER_SHARED`` when set (a
+checkout whose parent folder holds no ``shared``, e.g. a git worktree). When absent (a user's fresh clone) the tests
 that need them are *skipped with a reason*, never silently passed."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("FACEANONYMIXER_SHARED") or ROOT.parent / "shared")
 FIXTURES = SHARED / "fixtures"
 LFW = SHARED / "data" / "lfw"
 

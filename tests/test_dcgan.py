@@ -18,7 +18,7 @@ from faceanonymixer.models.dcgan import STATE_KEY, DCGANGenerator, load_dcgan
 N_PARAMS = 3_576_704  # weights.md 1.1
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # keep CPU use small (conftest)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerics]   # keep CPU use small (conftest)
 
 
 @pytest.fixture(scope="module")

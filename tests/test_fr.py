@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from _numerics import assert_close32
 from faceanonymixer import align, registry
 from faceanonymixer.errors import MissingWeightsError
 from faceanonymixer.fr import available, cosine, get_recogniser
@@ -18,6 +19,8 @@ from faceanonymixer.models.onnx_graph import OnnxGraphModule, dequantize_int8_bl
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+pytestmark = pytest.mark.numerics   # golden / recorded numbers / determinism: .ci/run reruns them on other CPUs' kernels
 
 SAMPLES = registry.data_dir() / "samples"
 PHOTOS = ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "obama_partial_face2.jpg", "biden.jpg"]
@@ -239,7 +242,7 @@ def test_arcface_backend_on_irse50_fixture(fixtures_dir):
     assert (rec.dim, rec.differentiable, rec.white_box) == (512, True, True)
     faces = ((ref["input_112"] + 1) / 2).requires_grad_(True)
     emb = rec.embed(faces)
-    assert (emb.detach() - ref["emb_112"]).abs().max() < 1e-5
+    assert_close32(emb, ref["emb_112"], k=512 * 7 * 7, depth=50)   # IR-SE50's bound (test_e4e_irse.py IRSE_OUT)
     emb.sum().backward()
     assert torch.isfinite(faces.grad).all()
 

@@ -12,6 +12,8 @@ from faceanonymixer.errors import MissingWeightsError
 from faceanonymixer.images import read_image
 from faceanonymixer.registry import data_dir
 
+pytestmark = pytest.mark.numerics   # golden / recorded numbers / determinism: .ci/run reruns them on other CPUs' kernels
+
 
 @pytest.fixture(scope="module")
 def lm_net():

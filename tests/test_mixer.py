@@ -41,7 +41,7 @@ class TinyRecogniser(Recogniser):
         return self.net(faces)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: one thread (conftest)
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerics]   # tiny models: one thread (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from faceanonymixer.eval.quality.generation import parse_ranges
 from faceanonymixer.eval.quality.landmarks import pose_change
 from faceanonymixer.train.data import person_split
 
+pytestmark = pytest.mark.numerics   # golden / recorded numbers / determinism: .ci/run reruns them on other CPUs' kernels
+
 TINY_G = {4: 32, 8: 32, 16: 16, 32: 16}
 
 

@@ -23,11 +23,10 @@ import pytest
 from _tiny import run_cli, tiny_protector
 from PIL import Image
 
-from faceanonymixer.gallery import RevokedKeyError
+from faceanonymixer.gallery import SCHEMA_VERSION, Gallery, RevokedKeyError
 from faceanonymixer.keys import Key, write_key_file
 from faceanonymixer.pipeline import png_bytes
 from faceanonymixer.registry import data_dir
-from faceanonymixer.service.store import SCHEMA_VERSION, Store
 from faceanonymixer.workflow import load_config, protect_enrolment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -187,8 +186,8 @@ def test_client_enrols_verifies_and_revokes_the_sample_photos(server, tiny, keys
     assert client(server, "verify", "obama", str(SAMPLES / "obama3.jpg"), "--key", k2, protector=tiny) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["key_fingerprint"] == fp(k2)
     # what the server holds: one protected 32-px template under k2; k1 revoked
-    with Store(server.db) as s:
-        tpl, revoked = s.templates("obama", fp(k1))
+    with Gallery(server.db) as s:
+        tpl, revoked = s.lookup("obama", fp(k1))
         assert revoked and len(tpl) == 1 and tpl[0][0] == fp(k2)
         assert abs(float(np.linalg.norm(tpl[0][2])) - 1) < 1e-4
     # plain revoke, then the person is gone (404 for verify, before protection)
@@ -528,7 +527,7 @@ def test_sigterm_lets_in_flight_enrolments_finish(server, pngs):
     assert rc in (0, -signal.SIGTERM), rc     # uvicorn re-raises the signal after its graceful shutdown
     done = [x for x in server.lines() if x.get("event") == "shutdown"]
     assert done and done[-1]["unfinished"] == 0
-    with Store(server.db) as st:               # committed before the process ended
+    with Gallery(server.db) as st:             # committed before the process ended
         assert all(st.person(p)["templates"] == 2 for p in people)
 
 
@@ -614,15 +613,15 @@ def test_a_broken_database_is_503_without_its_name_or_error(tmp_path):
 
 def test_store_schema_upgrade_and_foreign_databases(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    with Store(url, target_version=1) as s:          # a gallery made before API tokens (schema v1)
+    with Gallery(url, create=True, target_version=1) as s:   # a gallery made before API tokens (schema v1)
         s.enrol("ana", "a" * 16, "sface", np.eye(1, 128, dtype=np.float32), [b"png"])
         with s.engine.connect() as c:
             assert s.version(c) == 1
-    with Store(url, target_version=2) as s:           # schema v2: tokens without roles
+    with Gallery(url, target_version=2) as s:           # schema v2: tokens without roles
         from sqlalchemy import text
         with s.engine.begin() as c:
             c.execute(text("INSERT INTO fam_tokens VALUES ('old', 'h' , 0)"))
-    with Store(url) as s:                            # opened by this version: upgraded, data kept
+    with Gallery(url) as s:                          # opened by this version: upgraded, data kept
         assert s.stats() == dict(people=1, templates=1, revoked_keys=0, schema=SCHEMA_VERSION)
         assert s.token_client(s.add_token("t")) == ("t", "verify")
         assert [(n, r) for n, _, r in s.tokens()] == [("old", "admin"), ("t", "verify")]  # old: full rights kept
@@ -630,15 +629,15 @@ def test_store_schema_upgrade_and_foreign_databases(tmp_path):
         with s.engine.begin() as c:
             c.execute(text("UPDATE fam_schema SET version = 99"))
     with pytest.raises(Exception, match="newer than this faceanonymixer"):
-        Store(url)
+        Gallery(url)
     import sqlite3
     foreign = tmp_path / "foreign.db"
     with sqlite3.connect(foreign) as c:
         c.execute("CREATE TABLE fam_people (x)")
     with pytest.raises(Exception, match="not a faceanonymixer service gallery"):
-        Store(f"sqlite:///{foreign}")
+        Gallery(f"sqlite:///{foreign}")
     with pytest.raises(Exception, match="only sqlite"):
-        Store("mysql://u@h/db")
+        Gallery("mysql://u@h/db")
 
 
 def test_the_database_itself_refuses_a_revoked_key_and_foreign_templates(tmp_path):
@@ -646,7 +645,7 @@ def test_the_database_itself_refuses_a_revoked_key_and_foreign_templates(tmp_pat
     store a template under another key than the person's, or give one key to two people."""
     from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
-    with Store(f"sqlite:///{tmp_path / 'g.db'}") as s:
+    with Gallery(f"sqlite:///{tmp_path / 'g.db'}", create=True) as s:
         e = np.eye(1, 128, dtype=np.float32)
         s.enrol("ana", "a" * 16, "sface", e, [b"1"])
         s.revoke("ana", "b" * 16, "sface", e, [b"2"])

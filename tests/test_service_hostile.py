@@ -23,7 +23,7 @@ from faceanonymixer.keys import Key, write_key_file
 from faceanonymixer.registry import data_dir
 from faceanonymixer.service.client import Client
 from faceanonymixer.service.limits import BodyLimit
-from faceanonymixer.service.store import Store, StoreUnavailable
+from faceanonymixer.gallery import Gallery, StoreUnavailable, engine_url
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SAMPLES = data_dir() / "samples"
@@ -221,14 +221,14 @@ def test_unusable_database_urls_and_files_are_clear_errors(tmp_path, caplog):
                           ("sqlite:///:memory:", "names no file"), ("garbage", "not valid"),
                           ("sqlite:///file:x?mode=memory&uri=true", "not supported")):
         with pytest.raises(FaceAnonyMixerError, match=expected):
-            Store(url)
+            Gallery(engine_url(url), create=True)          # the service takes --db as a URL
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database, it is a text file")
     with pytest.raises(StoreUnavailable, match="file is not a database"):
-        Store(f"sqlite:///{junk}")
+        Gallery(f"sqlite:///{junk}")
     assert junk.read_bytes().startswith(b"this is not")                 # and it was not changed
-    with caplog.at_level(logging.INFO, logger="faceanonymixer.service.store"):
-        with Store(f"sqlite:///{tmp_path / 'new.db'}") as s:            # a new gallery: made private, not "upgraded"
+    with caplog.at_level(logging.INFO, logger="faceanonymixer.gallery"):
+        with Gallery(f"sqlite:///{tmp_path / 'new.db'}", create=True) as s:   # a new gallery: made private, not "upgraded"
             s.add_token("t")
     assert not [r for r in caplog.records if "upgraded" in r.getMessage()]
     for name in ("new.db", "new.db-wal", "new.db-shm"):
@@ -236,8 +236,8 @@ def test_unusable_database_urls_and_files_are_clear_errors(tmp_path, caplog):
         if p.exists():
             assert stat.S_IMODE(p.stat().st_mode) == 0o600, name
     os.chmod(tmp_path / "new.db", 0o644)                                # an older gallery, readable by all: said
-    with caplog.at_level(logging.WARNING, logger="faceanonymixer.service.store"):
-        Store(f"sqlite:///{tmp_path / 'new.db'}").close()
+    with caplog.at_level(logging.WARNING, logger="faceanonymixer.gallery"):
+        Gallery(f"sqlite:///{tmp_path / 'new.db'}").close()
     assert any("can be read by other users" in r.getMessage() for r in caplog.records)
     assert stat.S_IMODE((tmp_path / "new.db").stat().st_mode) == 0o644  # and left as the operator set it
 

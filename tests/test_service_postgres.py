@@ -101,8 +101,8 @@ def db_url():
 def test_the_cluster_is_postgresql(db_url):
     from sqlalchemy import text
 
-    from faceanonymixer.service.store import SCHEMA_VERSION, Store
-    with Store(db_url) as s:
+    from faceanonymixer.gallery import SCHEMA_VERSION, Gallery
+    with Gallery(db_url) as s:
         with s.engine.connect() as c:
             assert "PostgreSQL" in c.execute(text("SELECT version()")).scalar_one()
         assert s.stats()["schema"] == SCHEMA_VERSION
@@ -113,8 +113,8 @@ def test_the_database_itself_refuses_a_revoked_key_and_foreign_templates_on_post
     from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
 
-    from faceanonymixer.service.store import Store
-    with Store(db_url) as s:
+    from faceanonymixer.gallery import Gallery
+    with Gallery(db_url) as s:
         e = np.eye(1, 128, dtype=np.float32)
         s.enrol("pg-ana", "a" * 16, "sface", e, [b"1"])
         s.revoke("pg-ana", "b" * 16, "sface", e, [b"2"])
@@ -125,3 +125,23 @@ def test_the_database_itself_refuses_a_revoked_key_and_foreign_templates_on_post
             with pytest.raises(IntegrityError):
                 with s.engine.begin() as c:
                     c.execute(text(sql))
+
+
+def test_the_local_commands_use_a_postgresql_gallery(db_url, capsys):
+    """`--gallery URL`: the local gallery commands on the service's PostgreSQL gallery (one gallery module)."""
+    import numpy as np
+    from _tiny import run_cli
+
+    from faceanonymixer.gallery import Gallery, png_bytes
+    with Gallery(db_url) as s:
+        s.enrol("pg-cli", "d" * 16, "sface", np.eye(1, 8, dtype=np.float32), [png_bytes(np.zeros((4, 4, 3), np.uint8))])
+    capsys.readouterr()
+    assert run_cli(["gallery", "list", "--gallery", db_url]) == 0
+    assert f"pg-cli\tkey {'d' * 16}\tsface\t1 template(s)" in capsys.readouterr().out
+    assert run_cli(["revoke", "pg-cli", "--gallery", db_url]) == 0
+    capsys.readouterr()
+    rc = run_cli(["gallery", "check", "--gallery", db_url])
+    out, err = capsys.readouterr()
+    # the only findings may be the fake PNGs (b"1", b"2") that the constraint test above stores for pg-ana
+    assert all("'pg-ana': image is not a valid PNG" in line for line in err.splitlines()[1:]), err
+    assert (rc, "ok (schema v4" in out) == ((1, False) if err else (0, True))

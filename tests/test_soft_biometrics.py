@@ -12,7 +12,7 @@ from faceanonymixer.images import read_image
 from faceanonymixer.models.onnx_graph import OnnxGraphModule
 from faceanonymixer.tensors import from_uint8
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.numerics]
 
 
 def _path(name):

@@ -4,6 +4,8 @@ import pytest
 
 from faceanonymixer.eval import unlinkability as U
 
+pytestmark = pytest.mark.numerics   # golden / recorded numbers / determinism: .ci/run reruns them on other CPUs' kernels
+
 
 def _exact_dsys(mu_m, mu_nm, sigma=1.0, omega=1.0):
     """D<->sys of two Gaussians from the formula itself, on a fine grid (no histograms)."""

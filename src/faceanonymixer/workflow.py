@@ -4,13 +4,14 @@ and the enrol / verify / revoke operations on a gallery of protected templates (
 
     cfg = load_config("configs/default.yaml")
     prot = workflow_protector(cfg)                       # Protector with the key anchor for lone probes
-    enrol(prot, cfg, "gallery.db", "alice", key, ["a1.jpg", "a2.jpg"])
+    enrol(prot, cfg, "gallery.db", "alice", key, ["a1.jpg", "a2.jpg"])   # a path, or a database URL
     verify(prot, cfg, "gallery.db", "alice", key, "probe.jpg")     # -> dict(match, score, threshold, ...)
     revoke(cfg, "gallery.db", "alice", new_key=key2, prot=prot, images=["a3.jpg"])
 
 Every gallery change is one transaction that enforces one active key per person and never takes a revoked key
-back (gallery.py); every check runs before the protection work, so a refused command fails in a second and
-changes nothing (docs/security.md).
+back (gallery.py, the same gallery the service uses); every check runs before the protection work, so a refused
+command fails in a second and changes nothing (docs/security.md). ``gallery_path`` is a SQLite file path or a
+database URL (``sqlite:///FILE``, ``postgresql://...``).
 """
 from __future__ import annotations
 
@@ -148,10 +149,10 @@ def verify(prot_factory, cfg: AppConfig, gallery_path, person: str, key: Key, pr
     key). Returns dict(person, match, score, threshold, key_fingerprint, templates) or, when refused before
     scoring, dict(person, match=False, score=None, reason)."""
     with Gallery(gallery_path) as g:
-        tpl = g.templates(person)
-        revoked = g.is_revoked(person, key.fingerprint)
-    if revoked or not tpl:
-        reason = "key revoked for this person" if revoked else "no templates (not enrolled or revoked)"
+        tpl, revoked_for = g.lookup(person, key.fingerprint)
+    if revoked_for is not None or not tpl:
+        reason = ("no templates (not enrolled or revoked)" if revoked_for is None else "key revoked for this person"
+                  if revoked_for == person else "key revoked (for another person id)")
         return dict(person=person, match=False, score=None, reason=reason)
     prot = prot_factory() if callable(prot_factory) else prot_factory
     res = prot.protect_people([[probe]], key, [person])
@@ -171,12 +172,8 @@ def precheck_revoke(cfg: AppConfig, gallery_path, person: str, new_key: Key | No
     """Everything that would refuse the revocation, before any change or protection work. Returns the person's
     active (key fingerprint, matcher)."""
     with Gallery(gallery_path) as g:
-        cur = g.active_key(person)
-        if cur is None:
-            raise g.not_enrolled(person)
+        cur = g.precheck_revoke(person, None if new_key is None else new_key.fingerprint, cfg.workflow.matcher)
         g.check_writable()
-        if new_key is not None:
-            g.precheck_enrol(person, new_key.fingerprint, cfg.workflow.matcher, replacing=True)
     return cur
 
 
@@ -186,10 +183,12 @@ def revoke(cfg: AppConfig, gallery_path, person: str, enrolment: Enrolment | Non
     re-enrolment happens in the same transaction. Returns the number of templates deleted."""
     with Gallery(gallery_path) as g:
         if enrolment is None:
-            return g.revoke(person)
+            return g.revoke(person)[1]
         assert new_key is not None, "a re-enrolment needs its key"
-        return g.revoke(person, new_key.fingerprint, enrolment.matcher, enrolment.embeddings, enrolment.images)
+        return g.revoke(person, new_key.fingerprint, enrolment.matcher, enrolment.embeddings, enrolment.images)[1]
 
 
-def gallery_path(cfg: AppConfig, explicit: str | None = None) -> Path:
-    return Path(explicit or cfg.workflow.gallery)
+def gallery_path(cfg: AppConfig, explicit: str | None = None) -> Path | str:
+    """``--gallery`` (else ``workflow.gallery``): a database URL as given, otherwise a SQLite file path."""
+    where = explicit or cfg.workflow.gallery
+    return where if "://" in where else Path(where)

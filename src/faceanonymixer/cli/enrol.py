@@ -12,8 +12,8 @@ HELP = "enrol a person's protected templates in a gallery"
 def add_arguments(p):
     p.add_argument("person", help="person id in the gallery")
     p.add_argument("images", nargs="+", help="the person's photos (files or a folder)")
-    p.add_argument("--gallery", help="SQLite gallery (default: workflow.gallery; created if missing, in an "
-                   "existing folder)")
+    p.add_argument("--gallery", help="gallery: SQLite file (created if missing, in an existing folder) or database "
+                   "URL (sqlite:///FILE, postgresql://...); default: workflow.gallery")
     add_config(p)
     add_key(p)
 

@@ -17,7 +17,7 @@ def add_arguments(p):
     p.add_argument("person", help="person id whose templates are deleted")
     p.add_argument("images", nargs="*", help="photos to re-enrol under the new key (needs --new-key or "
                    "--new-passphrase-env)")
-    p.add_argument("--gallery", help="SQLite gallery (default: workflow.gallery)")
+    p.add_argument("--gallery", help="gallery: SQLite file or database URL (default: workflow.gallery)")
     p.add_argument("--new-key", help="new key file (created if it does not exist)")
     p.add_argument("--new-passphrase-env", metavar="VAR", help="the new key from a passphrase in environment "
                    "variable VAR (instead of --new-key)")

@@ -109,8 +109,8 @@ def run(args) -> int:
     require("sqlalchemy")
     cfg = _config(args)
     if getattr(args, "serve_command", None) == "token":
-        from ..service.store import Store
-        with Store(cfg.db) as store:
+        from ..gallery import Gallery, engine_url
+        with Gallery(engine_url(cfg.db), create=True) as store:     # --db is a URL, never a bare path
             if args.token_command == "add":
                 token = store.add_token(args.name, args.role)
                 print(f"API token for '{shown(args.name)}', role {args.role} (shown once, only its hash is stored; "

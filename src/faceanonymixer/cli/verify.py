@@ -13,7 +13,7 @@ HELP = "verify a probe photo against a person's protected templates"
 def add_arguments(p):
     p.add_argument("person", help="claimed person id")
     p.add_argument("probe", help="probe photo")
-    p.add_argument("--gallery", help="SQLite gallery (default: workflow.gallery)")
+    p.add_argument("--gallery", help="gallery: SQLite file or database URL (default: workflow.gallery)")
     p.add_argument("--threshold", type=float, help="cosine threshold (default: workflow.threshold, else the "
                    "generator's calibrated one, else 0.363)")
     add_config(p)

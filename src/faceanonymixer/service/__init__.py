@@ -2,9 +2,10 @@
 
 The cancelable-biometrics deployment: the user's device holds the key and protects the photo; the server stores
 and matches protected templates only and never sees an original face or a key (docs/service.md). Modules:
-``config`` (ServiceConfig), ``store`` (SQLAlchemy gallery, SQLite or PostgreSQL), ``tokens``, ``limits``,
-``errors``, ``jsonlog``, ``app`` (FastAPI + uvicorn), ``client`` (httpx). Nothing here is imported by
-``import faceanonymixer``; fastapi/uvicorn/sqlalchemy/httpx come with ``pip install faceanonymixer[service]``.
+``config`` (ServiceConfig), ``tokens``, ``limits``, ``errors``, ``jsonlog``, ``app`` (FastAPI + uvicorn),
+``client`` (httpx); the gallery (SQLite or PostgreSQL, API tokens included) is ``faceanonymixer.gallery``, the one
+the local commands use. Nothing here is imported by ``import faceanonymixer``; fastapi/uvicorn/httpx (and psycopg
+for PostgreSQL) come with ``pip install faceanonymixer[service]``.
 """
 from __future__ import annotations
 

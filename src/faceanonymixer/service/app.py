@@ -1,7 +1,7 @@
 """The verification service: ``Service`` (the work: decode protected PNGs, embed them with the matcher, match,
 store) and ``create_app`` (its FastAPI face: routes, token check, rate limit, body limit, JSON errors, JSON-lines
-request log), ``serve`` (uvicorn, graceful on SIGTERM). Needs the ``service`` extra (fastapi, uvicorn,
-sqlalchemy); importing faceanonymixer does not import this module.
+request log), ``serve`` (uvicorn, graceful on SIGTERM). Needs the ``service`` extra (fastapi, uvicorn); the
+gallery is gallery.py's, the one the local commands use. Importing faceanonymixer does not import this module.
 
 The server holds the matcher only: no generator, no key. It receives protected images (PNG, base64 in JSON) and a
 key fingerprint (public, 16 hex), never an original photo or a key.
@@ -27,14 +27,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import FaceAnonyMixerError
 from ..fileio import shown
 from ..fr import get_recogniser
-from ..gallery import MAX_NAME, GalleryError, NotEnrolledError, RevokedKeyError, check_person
+from ..gallery import (MAX_NAME, ConflictError, Gallery, GalleryError, NotEnrolledError, RevokedKeyError,
+                       StoreUnavailable, check_person, engine_url)
 from ..tensors import from_uint8
 from ..workflow import embed
 from .config import ServiceConfig, loopback, resolve_profile
 from .errors import ApiError, invalid, too_large
 from .jsonlog import log_config
 from .limits import BodyLimit, RateLimiter, decode_b64, decode_png, reply_error
-from .store import ConflictError, Store, StoreUnavailable
 from .tokens import authenticate, authorize
 
 log = logging.getLogger("faceanonymixer.service")
@@ -88,11 +88,11 @@ def _check_person(person: str) -> None:
 class Service:
     """Matcher + store + limits. ``store``/``matcher`` may be given (tests); otherwise made from ``cfg``."""
 
-    def __init__(self, cfg: ServiceConfig, store: Store | None = None, matcher=None):  # config, gallery, recogniser
+    def __init__(self, cfg: ServiceConfig, store: Gallery | None = None, matcher=None):  # config, gallery, recogniser
         self.cfg = cfg
         self.profile = resolve_profile(cfg.match)
         torch.set_num_threads(cfg.match.threads)
-        self.store = store if store is not None else Store(cfg.db)
+        self.store = store if store is not None else Gallery(engine_url(cfg.db), create=True)
         self.matcher = matcher if matcher is not None else get_recogniser(self.profile.matcher,
                                                                           device=cfg.match.device)
         R = self.profile.resolution
@@ -164,7 +164,7 @@ class Service:
         if req.image is not None:
             data = decode_b64(req.image, "image", self.cfg.limits.max_image_bytes)
             probe = decode_png(data, "image", self.profile.resolution, self.cfg.limits.max_image_bytes)
-        tpl, revoked = self.store.templates(req.person, req.key_fingerprint)
+        tpl, revoked = self.store.lookup(req.person, req.key_fingerprint)
         if revoked:
             raise RevokedKeyError(f"key {req.key_fingerprint} was revoked and can never verify again; the person "
                                   "must be re-enrolled under a new key")

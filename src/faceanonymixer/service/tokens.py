@@ -1,4 +1,4 @@
-"""API tokens: per-client bearer tokens, stored only as SHA-256 hashes (store.py ``fam_tokens``), shown once when
+"""API tokens: per-client bearer tokens, stored only as SHA-256 hashes (gallery.py ``fam_tokens``), shown once when
 made (``faceanonymixer serve token add NAME``), read by the client from an environment variable, never logged."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def authenticate(store, header: str | None) -> tuple[str, str]:
     return found
 
 
-# The role each route needs (store.ROLES order: a role may do what the ones before it may).
+# The role each route needs (gallery.ROLES order: a role may do what the ones before it may).
 ROUTE_ROLES = {"/v1/enrol": "enrol", "/v1/revoke": "admin"}
 _ROLE_RANK = {"verify": 0, "enrol": 1, "admin": 2}
 
