@@ -61,7 +61,8 @@ def test_groups_csv_several_groupings_and_bad_rows(tmp_path):
 def test_wilson_and_bootstrap_on_known_counts():
     # Wilson 95 % intervals as tabulated (Newcombe 1998, Brown-Cai-DasGupta 2001)
     assert G.wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
-    assert G.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert G.wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4) and G.wilson(0, 10)[0] == 0.0
+    assert G.wilson(7, 7)[1] == 1.0
     assert G.wilson(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
     assert G.wilson(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
     p = G.proportion(3, 4)

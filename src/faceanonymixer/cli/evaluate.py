@@ -8,6 +8,7 @@ import shlex
 
 from ..eval.dataset import DATA_ENV, data_root
 from ..eval.evaluate import EvalConfig, evaluate, load_config
+from ..eval.groups import gaps_lines
 
 HELP = "protect a data set and measure utility, anonymity, revocability, unlinkability, irreversibility, quality"
 
@@ -22,6 +23,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, help="seed of pair sampling, image choice and evaluation keys")
     p.add_argument("--steps", type=int, help="optimisation steps of the method (protect.optim.steps)")
     p.add_argument("--device", help="torch device (cpu, cuda)")
+    p.add_argument("--groups", metavar="utkface|CSV",
+                   help="per-group measures: 'utkface' (labels from UTKFace file names) or a CSV "
+                        "image,<grouping>[,<grouping>...] (image = person/file, file name or person folder)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set attacks.steps=50 --set variants=[method,naive]")
 
@@ -33,7 +37,8 @@ def config_from_args(args) -> EvalConfig:
 def overrides_from_args(args) -> list[str]:
     overrides = []
     for name, key in (("data", "data"), ("pairs", "pairs"), ("out", "out"), ("max_people", "max_people"),
-                      ("seed", "seed"), ("steps", "protect.optim.steps"), ("device", "device")):
+                      ("seed", "seed"), ("steps", "protect.optim.steps"), ("device", "device"),
+                      ("groups", "groups")):
         v = getattr(args, name, None)
         if v is None and name == "data" and os.environ.get(DATA_ENV) and \
                 not any(o.split("=", 1)[0].strip() == "data" for o in args.set or []):
@@ -48,5 +53,8 @@ def run(args) -> int:
     # the exact, reproducible equivalent of this invocation (written into the report)
     command = "faceanonymixer evaluate" + (f" --config {shlex.quote(args.config)}" if args.config else "") + "".join(
         f" --set {shlex.quote(o)}" for o in overrides_from_args(args))
-    evaluate(cfg, command=command)
+    metrics = evaluate(cfg, command=command)
+    for grouping, gp in metrics.get("groups_info", {}).get("gaps", {}).items():
+        for line in gaps_lines(grouping, gp, ratios_only=True):
+            print(line)
     return 0

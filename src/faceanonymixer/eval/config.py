@@ -101,6 +101,10 @@ class EvalConfig:
     device: str = "cpu"
     grid_people: int = 4
     threads: int = 0                          # torch threads (0 = leave as is)
+    groups: str | None = None                 # per-group measures: 'utkface' (file-name labels) or a CSV
+                                              # image,<grouping>[,...] (image = relative path, file or person name)
+    groupings: list[str] | None = None        # groupings reported (null = every grouping of the labels)
+    HASH_OMIT_DEFAULTS = ("groups", "groupings")   # opt-in: configs without them keep their hash and caches
 
 
 ALL_ATTACKS = ATTACKS + (LINKAGE,)   # image attacks (eval/attacks.py) + the learned linkage attack

@@ -29,7 +29,8 @@ from .. import fr
 from ..errors import FaceAnonyMixerError
 from ..pipeline import module_digest
 from ..tensors import from_uint8, to_uint8
-from . import report
+from . import group_scores, report
+from . import groups as groupmod
 from . import linkage as linkmod
 from . import soft_biometrics
 from .attacks import ATTACKS, protected_layers, run_attack
@@ -77,6 +78,14 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
         ds = select_dataset(cfg.data, cfg.max_people, cfg.min_images, cfg.images_per_person, cfg.seed,
                             split=cfg.split)
     arc, ffhq_u8, ok, dropped = prepare(ds, res, cache_root)
+    group_tables, labels, groupings = {}, None, []
+    if cfg.groups:   # labels of the selected images; face found per group before images without a face go
+        labels = groupmod.load_labels(cfg.groups, ds.items)
+        groupings = list(cfg.groupings or labels.groupings)
+        missing = [g for g in groupings if g not in labels.groupings]
+        if missing:
+            raise FaceAnonyMixerError(f"groupings {missing} are not in {labels.source} (it has {labels.groupings})")
+        group_tables = group_scores.face_found(labels, groupings, ds.items, ok)
     ds, idx = drop_items(ds, ok, 1 if cfg.pairs else cfg.min_images)
     arc, ffhq_u8 = arc[idx], ffhq_u8[idx]
     if explicit is not None:
@@ -139,9 +148,18 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
             e2 = e1 if v in KEYLESS else embed_ffhq(rec, prot[v]["k2"])
             es = e1 if v in KEYLESS else embed_ffhq(rec, prot[v]["stolen"])
             emb[(name, v)] = e1
+            if v == cfg.main_variant:
+                emb[(name, "stolen")] = es
             score_variant(scores, v, name, ds, pairs, e_orig, e1, e2, es, prot[v]["stolen_row"])
     bar.close()
 
+    group_thr = {}
+    if labels is not None:   # the independent recognisers only: the loss network's verdict proves nothing
+        for name in recs:
+            if name not in white_box:
+                group_thr[name] = group_scores.identity_measures(
+                    labels, groupings, ds, pairs, name, emb[(name, report.ORIGINAL)], emb[(name, cfg.main_variant)],
+                    emb[(name, "stolen")], prot[cfg.main_variant]["stolen_row"], cfg.operating_fmr, group_tables)
     lap("embed_score")
     # attacks on the main variant
     attack_names = [a for a in selected_attacks(cfg) if a in ATTACKS] if cfg.main_variant in KEYED else []
@@ -227,6 +245,10 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
     metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     if method is not None:
         metrics["mixing"] = {v: method.plan(v).describe() for v in cfg.variants if v in KEYED}
+    group_md = ""
+    if labels is not None:
+        metrics["groups"] = group_tables                        # groups.<grouping>.<group>.<measure>
+        metrics["groups_info"], group_md = group_scores.finish(group_tables, labels, cfg.main_variant, group_thr, out)
     metrics["seconds"] = round(time.time() - t0, 1)
 
     # grid: original (two images) | key 1 (same two images) | key 2
@@ -249,6 +271,9 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
     report.write_report(out, metrics, scores, grid_rows,
                         ["original a", "original b", f"{cfg.main_variant} k1 (a)", f"{cfg.main_variant} k1 (b)",
                          f"{cfg.main_variant} k2 (a)"], config=cfgmod.to_dict(cfg), notes=notes, command=command)
+    if group_md:
+        md = out / "report.md"
+        md.write_text(md.read_text().replace("## Figures", group_md + "\n## Figures", 1))
     log.info("evaluate: wrote %s (%.0f s; %s)", out, time.time() - t0,
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return metrics

@@ -68,8 +68,10 @@ class GroupLabels:
     bad: list[tuple[str, str]] = field(default_factory=list)          # (name, why it has no labels)
 
     def of(self, name: str) -> dict[str, str] | None:
-        """Labels of an image given by its relative path (tried first) or its file name."""
-        return self.labels.get(name) or self.labels.get(Path(name).name)
+        """Labels of an image given by its relative path (tried first), its file name, or (identity folders
+        <person>/<file>) its person folder's name: a CSV may label people instead of images."""
+        return (self.labels.get(name) or self.labels.get(Path(name).name)
+                or (self.labels.get(name.split("/", 1)[0]) if "/" in name else None))
 
     def summary(self) -> dict:
         return {"source": self.source, "groupings": self.groupings, "n_labelled": len(self.labels),
@@ -190,7 +192,7 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
+    return (0.0 if k == 0 else max(0.0, c - h)), (1.0 if k == n else min(1.0, c + h))   # exact at the ends
 
 
 def proportion(k: int, n: int) -> dict:
