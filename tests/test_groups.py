@@ -202,6 +202,9 @@ def test_model_report_per_group_end_to_end(utk, capsys):
             "recon_fd[dlib-resnet]", "psr[faceplugin-fr]", "key_spread_cos[dlib-resnet]",
             "key_match_rate[faceplugin-fr]", "gender_agreement", "age_agreement"} <= set(w)
     assert w["psr[dlib-resnet]"]["n"] <= w["face_found"]["n"]       # measured on the photos with a face
+    ctx = sec["context_samples_under_one_key"]
+    assert ctx["n"] == 8 and {"samples_spread_cos[dlib-resnet]", "mixes_spread_cos[faceplugin-fr]"} <= set(ctx)
+    assert "photo_spread_cos[dlib-resnet]" in w and "Context without groups" in (out / "model_report.md").read_text()
     gp = sec["gaps"]["race"]
     assert "ratio" in gp["face_found"] and "difference" in gp["recon_cos[dlib-resnet]"]
     assert "error ratio worst/best" in printed and "race: face_found" in printed

@@ -229,7 +229,8 @@ MEASURES = {
     "face_found": ("rate", "high"),
     "recon_top1": ("rate", "high"), "recon_cos": ("mean", "high"), "identity_margin": ("mean", "high"),
     "recon_fd": ("mean", "low"), "protected_fd": ("mean", "low"),
-    "psr": ("rate", "high"), "key_spread_cos": ("mean", "low"), "key_match_rate": ("mean", "low"),
+    "psr": ("rate", "high"), "photo_spread_cos": ("mean", "low"), "key_spread_cos": ("mean", "low"),
+    "key_match_rate": ("mean", "low"),
     "gender_agreement": ("rate", "high"), "age_agreement": ("rate", "high"),
     "tar": ("rate", "high"), "far": ("rate", "low"), "stolen_key_accept": ("rate", "low"),
 }
@@ -241,6 +242,7 @@ DESCRIPTIONS = {
     "recon_fd": "Fréchet distance of the reconstructions' embeddings to the group's real photos",
     "protected_fd": "Fréchet distance of the protected faces' embeddings to the group's real photos",
     "psr": "protection success: protected face below the operating threshold against its own photo",
+    "photo_spread_cos": "mean cosine between different photos of the group (the reference for key_spread_cos)",
     "key_spread_cos": "mean cosine between protected faces of different photos under one key (stolen-key risk)",
     "key_match_rate": "share of such pairs at or above the operating threshold",
     "gender_agreement": "estimated gender of the protected face = that of the photo (SSR-Net)",

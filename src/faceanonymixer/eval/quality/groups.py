@@ -138,6 +138,7 @@ def measure(rep, args) -> dict:
                 row[f"protected_fd[{name}]"] = G.fd_ci(c, a, seed=seed)
                 row[f"psr[{name}]"] = G.proportion(int(((a * c).sum(1) < thr[name]).sum()), len(idx))
                 if len(idx) >= 2:
+                    row[f"photo_spread_cos[{name}]"] = G.mean_ci(G.pair_spread(a)[0], seed=seed)
                     spread, rate = G.pair_spread(c, thr[name])
                     row[f"key_spread_cos[{name}]"] = G.mean_ci(spread, seed=seed)
                     row[f"key_match_rate[{name}]"] = G.mean_ci(rate, seed=seed)
@@ -146,6 +147,7 @@ def measure(rep, args) -> dict:
                 row["age_agreement"] = G.proportion(int(soft[1][idx].sum()), len(idx))
             table[grp] = row
         tables[grouping] = table
+    out["context_samples_under_one_key"] = samples_spread(rep, gen, w_key, plan, len(chosen), args.seed, emb)
     out["thresholds"] = {n: {"value": t, "fmr": FMR, "over": "all pairs of different selected photos"}
                          for n, t in thr.items()}
     out["groups"] = tables
@@ -157,6 +159,26 @@ def measure(rep, args) -> dict:
                      "bootstrap 1000x for means, 200x for Fréchet distances, seeded)")
     plot = G.plot_groups(tables, rep.out / "groups.png", "model-report per group")
     out["images"] = [plot.name] if plot else []
+    return out
+
+
+def samples_spread(rep, gen, w_key, plan, n: int, seed: int, emb: dict) -> dict:
+    """Context without groups: ``n`` generator samples (psi 0.7) and their naive mixes under the same key; per
+    recogniser the mean cosine between different samples, and between their mixes (what one key does to
+    faces that are unrelated by construction)."""
+    from .generation import PSI, seed_ws, synth
+    n = max(2, min(n, 256))
+    with torch.no_grad():
+        w = seed_ws(gen, list(range(seed, seed + n)))                        # [n,w_dim]
+        w = w[:, None, :].expand(n, gen.num_ws, gen.w_dim).contiguous()      # [n,num_ws,w_dim]
+        xs = synth(gen, w)
+        zs = synth(gen, mix(w, w_key, plan)[0])
+    out = {"n": n, "psi": PSI}
+    for name in emb:
+        r = rep.rec(name)
+        for what, t in (("samples", xs), ("mixes", zs)):
+            e = embed_ffhq(r, t).numpy().astype(np.float64)
+            out[f"{what}_spread_cos[{name}]"] = G.mean_ci(G.pair_spread(e)[0], seed=seed)
     return out
 
 
@@ -172,6 +194,12 @@ def markdown(sec: dict, tables: dict) -> str:
     for gp, table in tables.items():
         lines += [f"### {gp}", "", G.table_markdown(table), ""]
         lines += [f"- {s}" for s in G.gaps_lines(gp, sec.get("gaps", {}).get(gp, {}))] + [""]
+    ctx = sec.get("context_samples_under_one_key")
+    if ctx:
+        lines += [f"Context without groups ({ctx['n']} generator samples, psi {ctx['psi']}): mean cosine between "
+                  "different samples and between their naive mixes under the same key: "
+                  + "; ".join(f"{k} {v['value']:.3f} [{v['lo']:.3f}, {v['hi']:.3f}]" for k, v in ctx.items()
+                              if isinstance(v, dict) and v.get("value") is not None), ""]
     if sec.get("images"):
         lines += [f"![per group]({sec['images'][0]})", ""]
     return "\n".join(lines)
