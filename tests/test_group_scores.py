@@ -106,4 +106,7 @@ def test_evaluate_per_group_end_to_end(people, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "## Per group" in md and "### band" in md and md.index("## Per group") < md.index("## Figures")
     assert (out / "plots" / "groups.png").is_file()
+    page = (out / "report.html").read_text()
+    assert "<h2>Per group</h2>" in page and page.index("<h2>Per group</h2>") < page.index("<h2>Figures</h2>")
+    assert page.count("data:image/png;base64,") >= 2 and "<td>far[dlib-resnet] %</td>" in page
     assert "band: tar[dlib-resnet]" in printed and "band: psr[dlib-resnet]" in printed

@@ -245,10 +245,11 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
     metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     if method is not None:
         metrics["mixing"] = {v: method.plan(v).describe() for v in cfg.variants if v in KEYED}
-    group_md = ""
+    group_md = group_html = ""
     if labels is not None:
         metrics["groups"] = group_tables                        # groups.<grouping>.<group>.<measure>
-        metrics["groups_info"], group_md = group_scores.finish(group_tables, labels, cfg.main_variant, group_thr, out)
+        metrics["groups_info"], group_md, group_html = group_scores.finish(group_tables, labels, cfg.main_variant,
+                                                                           group_thr, out)
     metrics["seconds"] = round(time.time() - t0, 1)
 
     # grid: original (two images) | key 1 (same two images) | key 2
@@ -271,9 +272,10 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
     report.write_report(out, metrics, scores, grid_rows,
                         ["original a", "original b", f"{cfg.main_variant} k1 (a)", f"{cfg.main_variant} k1 (b)",
                          f"{cfg.main_variant} k2 (a)"], config=cfgmod.to_dict(cfg), notes=notes, command=command)
-    if group_md:
-        md = out / "report.md"
+    if group_md:   # the per-group section goes before the figures of both reports
+        md, page = out / "report.md", out / "report.html"
         md.write_text(md.read_text().replace("## Figures", group_md + "\n## Figures", 1))
+        page.write_text(page.read_text().replace("<h2>Figures</h2>", group_html + "<h2>Figures</h2>", 1))
     log.info("evaluate: wrote %s (%.0f s; %s)", out, time.time() - t0,
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return metrics

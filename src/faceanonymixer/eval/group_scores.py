@@ -9,6 +9,8 @@ counts for a group when both its images belong to it (a stolen-key pair: the vic
 so the Wilson intervals of pair rates are narrower than the data warrant; treat them as a lower bound."""
 from __future__ import annotations
 
+import base64
+import html
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +66,10 @@ def identity_measures(labels: G.GroupLabels, groupings: list[str], ds: Dataset, 
     return {"protected": t_prot, "clean": t_clean, "operating_fmr": operating_fmr}
 
 
-def finish(tables: dict, labels: G.GroupLabels, variant: str, thresholds: dict, out_dir: Path) -> tuple[dict, str]:
-    """-> (metrics['groups_info']: labels, thresholds, gaps; Markdown for report.md); writes plots/groups.png.
-    The tables themselves go to metrics['groups'][grouping][group][measure]."""
+def finish(tables: dict, labels: G.GroupLabels, variant: str, thresholds: dict,
+           out_dir: Path) -> tuple[dict, str, str]:
+    """-> (metrics['groups_info']: labels, thresholds, gaps; Markdown for report.md; HTML for report.html);
+    writes plots/groups.png. The tables themselves go to metrics['groups'][grouping][group][measure]."""
     (Path(out_dir) / "plots").mkdir(parents=True, exist_ok=True)
     gaps = {gp: G.gaps(t) for gp, t in tables.items()}
     plot = G.plot_groups(tables, Path(out_dir) / "plots" / "groups.png", f"per group, {variant}")
@@ -80,6 +83,13 @@ def finish(tables: dict, labels: G.GroupLabels, variant: str, thresholds: dict, 
         md += [f"- {s}" for s in G.gaps_lines(gp, gaps[gp])] + [""]
     if plot:
         md += [f"![per group](plots/{plot.name})", ""]
+    body = [f"<h2>Per group</h2><p>{html.escape(md[2])}</p>"]
+    for gp, t in tables.items():
+        body += [f"<h3>{html.escape(gp)}</h3>", G.table_html(t),
+                 "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in G.gaps_lines(gp, gaps[gp])) + "</ul>"]
+    if plot:
+        body.append(f'<figure><img alt="per group" src="data:image/png;base64,'
+                    f'{base64.b64encode(plot.read_bytes()).decode()}"><figcaption>per group</figcaption></figure>')
     section = {"variant": variant, "labels": labels.summary(), "thresholds": thresholds, "gaps": gaps,
                "measures": {m: G.DESCRIPTIONS[m] for m in ("face_found", "tar", "far", "stolen_key_accept", "psr")}}
-    return section, "\n".join(md)
+    return section, "\n".join(md), "".join(body)

@@ -347,16 +347,29 @@ def _cell(m: dict | None, pct: bool) -> str:
     return f"{f(m['value'])}{ci} ({m['n']})"
 
 
-def table_markdown(table: dict[str, dict[str, dict]], measures: list[str] | None = None) -> str:
-    """One row per measure, one column per group: value [95 % interval] (count); rates in %."""
+def table_rows(table: dict[str, dict[str, dict]], measures: list[str] | None = None) -> tuple[list, list]:
+    """(header, rows): one row per measure, one column per group: value [95 % interval] (count); rates in %."""
     measures = measures or measure_order(m for g in table.values() for m in g)
     groups = list(table)
-    lines = ["| measure | " + " | ".join(groups) + " |", "|" + "---|" * (len(groups) + 1)]
+    rows = []
     for m in measures:
         rate = MEASURES.get(base_measure(m), ("mean",))[0] == "rate"
-        lines.append(f"| {m}{' %' if rate else ''} | " + " | ".join(_cell(table[g].get(m), rate) for g in groups)
-                     + " |")
-    return "\n".join(lines)
+        rows.append([f"{m}{' %' if rate else ''}"] + [_cell(table[g].get(m), rate) for g in groups])
+    return ["measure"] + groups, rows
+
+
+def table_markdown(table: dict[str, dict[str, dict]], measures: list[str] | None = None) -> str:
+    header, rows = table_rows(table, measures)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def table_html(table: dict[str, dict[str, dict]], measures: list[str] | None = None) -> str:
+    import html
+    header, rows = table_rows(table, measures)
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def gaps_lines(grouping: str, gp: dict[str, dict], ratios_only: bool = False) -> list[str]:
