@@ -94,9 +94,11 @@ def test_a_wrong_or_altered_backbone_is_refused(tmp_path, monkeypatch):
         load_lpips("squeeze")
 
 
-def test_shape_checks_and_small_inputs():
-    m = LPIPS("vgg")
+@pytest.mark.parametrize("net,side", [("vgg", 16), ("alex", 31)])
+def test_shape_checks_and_smallest_inputs(net, side):
+    m = LPIPS(net)
     with pytest.raises(AssertionError):
         m(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 16, 16))
-    d = m(torch.zeros(2, 3, 32, 32), torch.zeros(2, 3, 32, 32))    # the smallest side VGG's five taps allow
-    assert d.shape == (2,)
+    assert m(torch.zeros(2, 3, side, side), torch.ones(2, 3, side, side)).shape == (2,)   # smallest that reaches
+    with pytest.raises(AssertionError, match=f"needs sides >= {side}"):                  # every tap
+        m(torch.zeros(1, 3, side - 1, side - 1), torch.zeros(1, 3, side - 1, side - 1))

@@ -36,10 +36,10 @@ __all__ = ["NETS", "SHIFT", "SCALE", "LPIPS", "Backbone", "load_lpips", "load_ba
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 NETS = {
     # net: (channels of the five taps, index in ``features`` of the ReLU each tap is read after,
-    #       backbone registry name, heads registry name)
-    "vgg": dict(channels=(64, 128, 256, 512, 512), taps=(3, 8, 15, 22, 29),
+    #       smallest input side that reaches every tap, backbone registry name, heads registry name)
+    "vgg": dict(channels=(64, 128, 256, 512, 512), taps=(3, 8, 15, 22, 29), min_side=16,
                 backbone="vgg16-imagenet", heads="lpips-vgg"),
-    "alex": dict(channels=(64, 192, 384, 256, 256), taps=(1, 4, 7, 9, 11),
+    "alex": dict(channels=(64, 192, 384, 256, 256), taps=(1, 4, 7, 9, 11), min_side=31,
                  backbone="alexnet-imagenet", heads="lpips-alex"),
 }
 SHIFT = (-0.030, -0.088, -0.188)   # v0.1 input scaling (per RGB channel), for inputs in [-1, 1]
@@ -99,7 +99,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 class LPIPS(nn.Module):
     """LPIPS v0.1 distance: ``forward(x0[N,3,H,W], x1[N,3,H,W] in [-1,1]) -> [N]``. Frozen (requires_grad off);
-    gradients flow to the inputs. H, W >= 32 (VGG) / 63 (AlexNet) so every tap has a position."""
+    gradients flow to the inputs. H, W >= 16 (VGG) / 31 (AlexNet), so that every tap has a position."""
 
     def __init__(self, net: str = "vgg"):   # 'vgg' (the paper's refinement) or 'alex'
         super().__init__()
@@ -114,6 +114,8 @@ class LPIPS(nn.Module):
 
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         assert x0.shape == x1.shape and x0.ndim == 4 and x0.shape[1] == 3, (tuple(x0.shape), tuple(x1.shape))
+        assert min(x0.shape[-2:]) >= NETS[self.net]["min_side"], f"LPIPS-{self.net} needs sides >= " \
+            f"{NETS[self.net]['min_side']}, got {tuple(x0.shape)}"
         n = x0.shape[0]
         f = self.backbone((torch.cat([x0, x1]) - self.shift) / self.scale)   # one pass for both images
         total = x0.new_zeros(n)
