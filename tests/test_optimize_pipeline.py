@@ -137,14 +137,14 @@ def test_refine_latents_lpips_objective_at_a_smaller_size():
             p.fill_(1.0)
         x = G.synthesis(G.mapping(torch.randn(2, 32))[:, None].repeat(1, G.num_ws, 1), noise_mode="const")
         start = G.mapping(torch.randn(2, 32))[:, None].repeat(1, G.num_ws, 1)
-    rc = RefineConfig(steps=15, lr=0.02, loss="lpips", w_perc=1.0, w_mse=0.1, size=16)
+    rc = RefineConfig(steps=10, lr=0.02, loss="lpips", w_perc=1.0, w_mse=0.1, size=16)
 
     def objective(ws):
         with torch.no_grad():
             y, t = resize_to(G.synthesis(ws, noise_mode="const"), 16), resize_to(x, 16)
             return lp(y, t) + 0.1 * (y - t).square().mean((1, 2, 3))
     ws = refine_latents(G, start, x, rc, lpips=lp)
-    assert ws.shape == start.shape and (objective(ws) < 0.8 * objective(start)).all()
+    assert ws.shape == start.shape and (objective(ws) < 0.85 * objective(start)).all()
     alone = refine_latents(G, start[1:], x[1:], rc, lpips=lp)
     assert torch.allclose(alone, ws[1:], atol=5e-3)   # batch-size rounding, amplified by Adam near zero grads
     with pytest.raises(ConfigError, match="no LPIPS network"):
