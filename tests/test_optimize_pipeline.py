@@ -153,6 +153,28 @@ def test_refine_latents_lpips_objective_at_a_smaller_size():
         refine_latents(G, start, x, RefineConfig(steps=1, loss="l2"))
 
 
+def test_protector_lpips_refinement_loads_or_says_what_is_missing(protector, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from faceanonymixer.config import ConfigError
+    from faceanonymixer.errors import MissingWeightsError
+    from faceanonymixer.models.lpips import LPIPS
+    from faceanonymixer.pipeline import RefineConfig
+    nets = dict(generator=protector.generator, inverter=protector.inverter, id_net=protector.id_net,
+                attr_net=protector.attr)
+    cfg = replace(protector.config, refine=RefineConfig(steps=2, loss="lpips", lpips_net="vgg"))
+    monkeypatch.setenv("FACEANONYMIXER_HOME", str(tmp_path))
+    with pytest.raises(MissingWeightsError, match=r"vgg16-397923af\.pth"):   # the backbone is user-supplied
+        Protector(cfg, **nets)
+    assert Protector(replace(cfg, refine=RefineConfig(steps=0, loss="lpips")), **nets).lpips is None  # not needed
+    p = Protector(cfg, lpips=LPIPS("vgg"), **nets)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert p.invert(x).shape == (2, protector.generator.num_ws, protector.generator.w_dim)
+    assert p.model_info["lpips"]["name"] == "lpips-vgg"
+    with pytest.raises(ConfigError, match="refine.loss must be one of"):
+        Protector(replace(cfg, refine=RefineConfig(steps=1, loss="l1")), **nets)
+
+
 @pytest.mark.parametrize("head_on_key_layers", [True, False])
 def test_identity_head_on_the_key_layers_never_reaches_a_protected_face(protector, head_on_key_layers):
     """Under the readme plan the key's layers replace the real code's, so an encoder identity head that writes only
