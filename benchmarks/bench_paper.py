@@ -1,7 +1,8 @@
 """The paper's configuration (configs/paper.yaml) end to end at full size, on random-weight networks written in
 the official file formats: what it costs, and proof that every stage runs.
 
-    python benchmarks/bench_paper.py                     # CPU proof: 2 refinement + 2 optimisation steps, batch 1
+    python benchmarks/bench_paper.py                     # CPU proof: 2 refinement + 2 optimisation steps, batch 1,
+                                                         # a lone photo's augmented copies 1 (paper: 5; --set)
     python benchmarks/bench_paper.py --device cuda       # GPU: the paper's 150 + 50 steps at batch 1 and 8
         [--steps 50] [--refine-steps 150] [--batches 1,8] [--files DIR] [--json FILE] [--threads 2]
 
@@ -203,16 +204,16 @@ def _peak_rss_mb() -> float:
 
 
 def run(files: dict[str, str], device: str, steps: int, refine_steps: int, batches: list[int], out: Path,
-        photo: Path) -> dict:
+        photo: Path, extra: list[str]) -> dict:
     from faceanonymixer.keys import Key
     from faceanonymixer.models.loading import load_generator
     from faceanonymixer.pipeline import Protector, save_person
     from faceanonymixer.workflow import load_config
     sets = [f"protect.models.device={device}", f"protect.optim.steps={steps}",
-            f"protect.refine.steps={refine_steps}", f"protect.models.lpips_backbone={files['vgg16']}"]
+            f"protect.refine.steps={refine_steps}", f"protect.models.lpips_backbone={files['vgg16']}"] + extra
     cfg = load_config(ROOT / "configs" / "paper.yaml", sets).protect
     rep: dict = dict(device=device, steps=steps, refine_steps=refine_steps, photo=photo.name, config="configs/paper.yaml",
-                     overrides=sets[:3] + ["protect.models.lpips_backbone=<random vgg16 file>"])
+                     overrides=sets[:3] + ["protect.models.lpips_backbone=<random vgg16 file>"] + extra)
     cuda = device.startswith("cuda")
     t0 = time.perf_counter()
     prot = Protector(cfg)
@@ -291,6 +292,10 @@ def main(argv=None) -> int:
     ap.add_argument("--photo", help="sample photo (default: the installed obama.jpg)")
     ap.add_argument("--json", help="also write the report here")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                    help="config override (repeatable); default on the CPU: protect.optim.augment_copies=1 (a lone "
+                         "photo's 5 copies make 6 images of 1024 px in one backward pass: too much memory for a "
+                         "small machine), none on CUDA")
     ap.add_argument("--write-files-only", metavar="DIR", help=argparse.SUPPRESS)   # the child process
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -301,6 +306,7 @@ def main(argv=None) -> int:
     steps = a.steps if a.steps is not None else (50 if cuda else 2)
     refine_steps = a.refine_steps if a.refine_steps is not None else (150 if cuda else 2)
     batches = [int(b) for b in (a.batches or ("1,8" if cuda else "1")).split(",")]
+    extra = a.set if a.set is not None else ([] if cuda else ["protect.optim.augment_copies=1"])
     with tempfile.TemporaryDirectory(prefix="bench_paper_") as tmp:
         folder = Path(a.files or tmp)
         t0 = time.perf_counter()
@@ -313,7 +319,7 @@ def main(argv=None) -> int:
         from faceanonymixer.registry import data_dir
         photo = Path(a.photo) if a.photo else data_dir() / "samples" / "obama.jpg"
         seen = install_network_guard()
-        rep = run(files, a.device, steps, refine_steps, batches, Path(a.out or folder / "out"), photo)
+        rep = run(files, a.device, steps, refine_steps, batches, Path(a.out or folder / "out"), photo, extra)
         rep["write_files_s"] = write_s
         rep["file_mb"] = {k: round(Path(v).stat().st_size / 2 ** 20, 1) for k, v in files.items()}
         rep["network_events"] = seen
