@@ -284,9 +284,12 @@ def test_opt_in_fields_keep_the_config_hash_of_older_configs():
     from faceanonymixer.config import config_hash
     old = dataclasses.asdict(ProtectConfig())
     del old["engine"], old["mixer_refine_steps"], old["models"]["mixer"]  # the config before the mixer
+    del old["models"]["lpips_backbone"], old["refine"]["loss"], old["refine"]["lpips_net"], old["refine"]["size"]
     want = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert config_hash(ProtectConfig()) == want
     assert config_hash(ProtectConfig(engine="mixer")) != want        # used: it counts
+    from faceanonymixer.pipeline import RefineConfig
+    assert config_hash(ProtectConfig(refine=RefineConfig(loss="lpips"))) != want
 
 
 def test_engine_is_a_config_field(tmp_path):

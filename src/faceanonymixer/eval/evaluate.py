@@ -8,7 +8,7 @@ report. Protected images are cached under ``cache_dir/<variant hash>/`` (hash of
 so a re-run resumes and a changed config recomputes. Keys are derived from the seed and the person's name (they
 are evaluation keys, never written anywhere).
 
-This module holds the configuration, the command and the orchestration; the steps live in dataset.py (data,
+This module holds the command and the orchestration; the configuration lives in config.py, the steps in dataset.py (data,
 pairs, alignment), protection.py (variants, keys, cache), embeddings.py and scoring.py (pair scores, quality,
 attributes), attacks.py and report.py (metrics and report files).
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,83 +27,21 @@ from tqdm import tqdm
 from .. import config as cfgmod
 from .. import fr
 from ..errors import FaceAnonyMixerError
-from ..pipeline import ProtectConfig, module_digest
+from ..pipeline import module_digest
 from ..tensors import from_uint8, to_uint8
-from . import report
+from . import group_scores, report
+from . import groups as groupmod
 from . import linkage as linkmod
 from . import soft_biometrics
-from .attacks import ATTACKS, AttackConfig, protected_layers, run_attack
+from .attacks import ATTACKS, protected_layers, run_attack
+from .config import ALL_ATTACKS, KEYED, KEYLESS, EvalConfig, load_config, selected_attacks  # noqa: F401 (re-exported)
 from .dataset import data_root, drop_items, make_pairs, prepare, read_pairs_file, select_dataset
 from .embeddings import embed_crops, embed_ffhq
 from .metrics import frechet_distance
-from .protection import ALL_VARIANTS, DEFAULT_VARIANTS, KEYED, KEYLESS, ImageCache, Method, eval_key, protect_variant, variant_hash
+from .protection import ImageCache, Method, eval_key, protect_variant, variant_hash
 from .scoring import attribute_preservation, cosines, fid_status, score_original, score_variant
 
 log = logging.getLogger(__name__)
-
-
-# --- configuration ---------------------------------------------------------------------------------------
-@dataclass
-class EvalConfig:
-    data: str | None = None                   # identity folders <data>/<person>/<images>; null = $FACEANONYMIXER_LFW/images
-    pairs: str | None = None                  # optional LFW pairs.txt (or CSV): genuine/impostor pairs from it
-    out: str = "eval_report"                  # output folder (report.md, report.html, metrics.json, scores.csv)
-    cache_dir: str | None = None              # protected-image cache (default <out>/cache)
-    max_people: int = 100                     # people drawn (seeded) from those with >= min_images images
-    min_images: int = 2
-    split: str | None = None                  # 'val' = only people held out from training our embedded models
-                                              # (train.data.person_split); 'train'; null = all people
-    images_per_person: int = 3                # images used per person (seeded choice)
-    seed: int = 0                             # pair sampling, people/image choice and evaluation keys
-    n_impostor: int = 10000                   # impostor / non-mated pairs (all cross-person pairs if fewer)
-    stolen_images: int = 2                    # images of the impostor protected with each victim's key
-    recognisers: list[str] = field(default_factory=lambda: ["dlib-resnet", "faceplugin-fr", "sface"])
-    variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
-    main_variant: str = "method"
-    operating_fmr: float = 1e-2               # threshold of the protected system (revocability, stolen key)
-    blur_sigma: float = 3.0                   # pixels at the generator resolution
-    pixelate_block: int = 8
-    protect: ProtectConfig = field(default_factory=ProtectConfig)  # the method (same section as configs/default.yaml);
-                                              # 'naive' = the same with 0 steps, 'method-code' = mixing.assignment 'code'
-    attacks: AttackConfig = field(default_factory=AttackConfig)
-    linkage: linkmod.LinkageConfig = field(default_factory=linkmod.LinkageConfig)  # the 'linkage' attack (eval/linkage.py)
-    soft_biometrics: bool = True              # gender/age agreement original vs protected (faceplugin SSR-Net)
-    attack_recogniser: str = "auto"           # white-box net of the 'optimise' attack; auto = the method's loss network
-    fid_inception: str | None = None          # Inception-v3 FID weights (official file); None = registry lookup
-    sessions: str = "joint"                   # joint: a person's images optimised together (paper); separate: each
-                                              # image alone, as enrol/verify protect them in deployment
-    people_per_batch: int = 8                 # protection sessions run together in one batched pass
-    device: str = "cpu"
-    grid_people: int = 4
-    threads: int = 0                          # torch threads (0 = leave as is)
-
-
-ALL_ATTACKS = ATTACKS + (linkmod.NAME,)   # image attacks (eval/attacks.py) + the learned linkage attack
-
-
-def selected_attacks(cfg) -> list[str]:
-    """Attacks to run: ``attacks.names`` (an empty list = none); null = the image attacks of eval/attacks.py
-    ('linkage' trains a network on extra protected images: it runs only when named)."""
-    return list(ATTACKS) if cfg.attacks.names is None else list(cfg.attacks.names)
-
-
-def load_config(path=None, overrides=None) -> EvalConfig:
-    cfg = cfgmod.load(EvalConfig, path, overrides)
-    unknown = [v for v in cfg.variants if v not in ALL_VARIANTS]
-    if unknown:
-        raise cfgmod.ConfigError(f"unknown variant(s) {unknown}; valid: {list(ALL_VARIANTS)}")
-    bad = [a for a in selected_attacks(cfg) if a not in ALL_ATTACKS]
-    if bad:
-        raise cfgmod.ConfigError(f"unknown attack(s) {bad}; valid: {list(ALL_ATTACKS)}")
-    linkmod.check_config(cfg.linkage)
-    lv = [v for v in (cfg.linkage.variants or []) if v not in cfg.variants]
-    if lv:
-        raise cfgmod.ConfigError(f"linkage.variants {lv} are not in variants {cfg.variants}")
-    if cfg.sessions not in ("joint", "separate"):
-        raise cfgmod.ConfigError(f"sessions must be 'joint' or 'separate', got '{cfg.sessions}'")
-    if cfg.main_variant not in cfg.variants:
-        raise cfgmod.ConfigError(f"main_variant '{cfg.main_variant}' is not in variants {cfg.variants}")
-    return cfg
 
 
 def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> dict:
@@ -140,6 +78,14 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
         ds = select_dataset(cfg.data, cfg.max_people, cfg.min_images, cfg.images_per_person, cfg.seed,
                             split=cfg.split)
     arc, ffhq_u8, ok, dropped = prepare(ds, res, cache_root)
+    group_tables, labels, groupings = {}, None, []
+    if cfg.groups:   # labels of the selected images; face found per group before images without a face go
+        labels = groupmod.load_labels(cfg.groups, ds.items)
+        groupings = list(cfg.groupings or labels.groupings)
+        missing = [g for g in groupings if g not in labels.groupings]
+        if missing:
+            raise FaceAnonyMixerError(f"groupings {missing} are not in {labels.source} (it has {labels.groupings})")
+        group_tables = group_scores.face_found(labels, groupings, ds.items, ok)
     ds, idx = drop_items(ds, ok, 1 if cfg.pairs else cfg.min_images)
     arc, ffhq_u8 = arc[idx], ffhq_u8[idx]
     if explicit is not None:
@@ -202,9 +148,18 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
             e2 = e1 if v in KEYLESS else embed_ffhq(rec, prot[v]["k2"])
             es = e1 if v in KEYLESS else embed_ffhq(rec, prot[v]["stolen"])
             emb[(name, v)] = e1
+            if v == cfg.main_variant:
+                emb[(name, "stolen")] = es
             score_variant(scores, v, name, ds, pairs, e_orig, e1, e2, es, prot[v]["stolen_row"])
     bar.close()
 
+    group_thr = {}
+    if labels is not None:   # the independent recognisers only: the loss network's verdict proves nothing
+        for name in recs:
+            if name not in white_box:
+                group_thr[name] = group_scores.identity_measures(
+                    labels, groupings, ds, pairs, name, emb[(name, report.ORIGINAL)], emb[(name, cfg.main_variant)],
+                    emb[(name, "stolen")], prot[cfg.main_variant]["stolen_row"], cfg.operating_fmr, group_tables)
     lap("embed_score")
     # attacks on the main variant
     attack_names = [a for a in selected_attacks(cfg) if a in ATTACKS] if cfg.main_variant in KEYED else []
@@ -290,6 +245,11 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
     metrics["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
     if method is not None:
         metrics["mixing"] = {v: method.plan(v).describe() for v in cfg.variants if v in KEYED}
+    group_md = group_html = ""
+    if labels is not None:
+        metrics["groups"] = group_tables                        # groups.<grouping>.<group>.<measure>
+        metrics["groups_info"], group_md, group_html = group_scores.finish(group_tables, labels, cfg.main_variant,
+                                                                           group_thr, out)
     metrics["seconds"] = round(time.time() - t0, 1)
 
     # grid: original (two images) | key 1 (same two images) | key 2
@@ -312,6 +272,10 @@ def evaluate(cfg: EvalConfig, command: str = "", models: dict | None = None) -> 
     report.write_report(out, metrics, scores, grid_rows,
                         ["original a", "original b", f"{cfg.main_variant} k1 (a)", f"{cfg.main_variant} k1 (b)",
                          f"{cfg.main_variant} k2 (a)"], config=cfgmod.to_dict(cfg), notes=notes, command=command)
+    if group_md:   # the per-group section goes before the figures of both reports
+        md, page = out / "report.md", out / "report.html"
+        md.write_text(md.read_text().replace("## Figures", group_md + "\n## Figures", 1))
+        page.write_text(page.read_text().replace("<h2>Figures</h2>", group_html + "<h2>Figures</h2>", 1))
     log.info("evaluate: wrote %s (%.0f s; %s)", out, time.time() - t0,
              ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return metrics

@@ -25,7 +25,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,59 +40,12 @@ from ..tensors import from_uint8, to_uint8
 from . import baselines
 from .dataset import Dataset, digest, drop_items, prepare, seeded_rng, select_dataset
 from .embeddings import embed_crops, embed_ffhq
-from .protection import KEYED, ImageCache, eval_key
+from .config import LINKAGE as NAME, LINKAGE_SETTINGS as SETTINGS, KEYED, LinkageConfig, check_linkage as check_config  # noqa: F401 (re-exported)
+from .protection import ImageCache, eval_key
 
 log = logging.getLogger(__name__)
 
-NAME = "linkage"
-SETTINGS = ("fixed", "per_person")
 FIXED_KEY_NAME = "faceanonymixer-linkage-fixed-key"   # the one key of the 'fixed' setting (seeded like eval keys)
-
-
-@dataclass
-class LinkageConfig:
-    data: str | None = None              # attacker identity folders; null = the evaluation's data folder
-    split: str | None = "train"          # attacker people: 'train' split (disjoint from 'val' test people); null = all
-    n_pairs: list[int] = field(default_factory=lambda: [100, 500])   # attacker pair counts N (nested sets)
-    settings: list[str] = field(default_factory=lambda: list(SETTINGS))
-    images_per_person: int = 2           # attacker photos per attacker person (one joint protection session)
-    variants: list[str] | None = None    # variants attacked; null = every evaluated variant
-    teacher: str = "faceplugin-fr"       # gallery / target recogniser
-    student: str = "faceplugin-fr"       # attacker's recogniser init, same size as teacher (white-box: both sface)
-    lr: float = 3e-4                     # AdamW learning rate (converges on ours: docs/evaluation.md)
-    weight_decay: float = 2e-2
-    batch_size: int = 32
-    max_epochs: int = 40
-    patience: int = 6                    # early stopping: epochs without a better held-out loss
-    holdout: float = 0.2                 # fraction of attacker people held out for early stopping / ridge strength
-    w_l1: float = 10.0                   # weight of the L1 term on normalised embeddings
-    w_triplet: float = 10.0              # weight of the triplet term
-    margin: float = 0.3                  # triplet margin (L2 distance of normalised embeddings)
-    flip: bool = True                    # random horizontal flips of the protected training images
-    feature: bool = True                 # also the ridge-map variant (linkage_feature)
-    LIMITS = dict(images_per_person=(1, 100), lr=(0.0, None), weight_decay=(0.0, None), batch_size=(2, 4096),
-                  max_epochs=(0, 10_000), patience=(1, 10_000), holdout=(0.05, 0.9), margin=(0.0, None))
-
-
-def check_config(lc: LinkageConfig) -> None:
-    from ..config import ConfigError
-    bad = [s for s in lc.settings if s not in SETTINGS]
-    if bad:
-        raise ConfigError(f"linkage.settings: unknown setting(s) {bad}; valid: {list(SETTINGS)}")
-    if not lc.n_pairs or any(int(n) < 4 for n in lc.n_pairs):
-        raise ConfigError(f"linkage.n_pairs must list pair counts >= 4, got {lc.n_pairs}")
-    if lc.teacher not in fr.NAMES or lc.student not in fr.NAMES:
-        raise ConfigError(f"linkage.teacher / linkage.student must be recognisers {list(fr.NAMES)}, "
-                          f"got {lc.teacher!r} / {lc.student!r}")
-    if lc.student not in fr.DIFFERENTIABLE:
-        raise ConfigError(f"linkage.student {lc.student!r} is not differentiable and cannot be fine-tuned; choose one "
-                          f"of {list(fr.DIFFERENTIABLE)} (and the same for linkage.teacher)")
-    if fr.DIMS[lc.student] != fr.DIMS[lc.teacher]:
-        raise ConfigError(
-            f"linkage.student {lc.student!r} embeds in {fr.DIMS[lc.student]} dimensions but linkage.teacher "
-            f"{lc.teacher!r} in {fr.DIMS[lc.teacher]}: the student is fine-tuned into the teacher's space, so both "
-            f"must have the same size; for the white-box variant set both: --set linkage.teacher={lc.student} "
-            f"--set linkage.student={lc.student}")
 
 
 # --- the metric ---------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import logging
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,18 +19,10 @@ from ..errors import FaceAnonyMixerError
 from ..keys import Key
 from ..tensors import from_uint8, to_uint8
 from . import baselines
+from .config import ALL_VARIANTS, DEFAULT_VARIANTS, KEYED, KEYLESS, EvalConfig  # noqa: F401 (re-exported)
 from .dataset import Dataset, Pairs, digest
 
-if TYPE_CHECKING:   # annotations only: evaluate.py imports this module
-    from .evaluate import EvalConfig
-
 log = logging.getLogger(__name__)
-
-KEYED = ("method", "naive", "method-code", "mixer")           # variants that use the Protector
-# 'mixer': the feed-forward mixer (protect.engine 'mixer', models.mixer; every image protected alone)
-KEYLESS = ("reconstruction", "lowres", "blur", "pixelate")    # deterministic transforms (no key)
-ALL_VARIANTS = KEYED + KEYLESS
-DEFAULT_VARIANTS = tuple(v for v in ALL_VARIANTS if v != "mixer")   # 'mixer' needs trained weights: opt-in
 
 
 def eval_key(seed: int, person: str, role: str):

@@ -3,7 +3,6 @@ the recognisers' embeddings, the FID status, and head-pose agreement (attribute 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -13,10 +12,8 @@ from .. import align, registry
 from ..errors import FaceAnonyMixerError
 from ..tensors import to_uint8
 from . import report
+from .config import EvalConfig
 from .dataset import Dataset, Pairs
-
-if TYPE_CHECKING:   # annotations only: evaluate.py imports this module
-    from .evaluate import EvalConfig
 
 
 def cosines(ea: torch.Tensor, eb: torch.Tensor, ia, ib) -> np.ndarray:

@@ -62,6 +62,7 @@ from ..metrics import frechet_distance, psnr, ssim
 from .generation import PSI, fmt_range, mix, parse_ranges, save_image, seed_ws, style_mixing_grid, synth
 from .landmarks import DETECT_SIDE, detect_batch, pose_change
 from .markdown import markdown
+from . import groups as group_section
 from .real_faces import load_real_sets
 
 log = logging.getLogger(__name__)
@@ -79,18 +80,26 @@ DEFAULT_MIX = "1-6,1-5,1-3,3-7"
 # ----------------------------------------------------------------------------------------------------------
 def command_line(args) -> str:
     """The exact command that reproduces this report (every option spelled out)."""
-    parts = ["faceanonymixer", "model-report", "--generator", str(args.generator), "--encoder", str(args.encoder),
-             "--data", str(args.data), "--n-samples", str(args.n_samples), "--n-real", str(args.n_real),
-             "--out", str(args.out), "--seed", str(args.seed), "--mix-layers", str(args.mix_layers)]
+    parts = ["faceanonymixer", "model-report", "--generator", str(args.generator), "--encoder", str(args.encoder)]
+    parts += ["--data", str(args.data)] if args.data is not None else []
+    parts += ["--n-samples", str(args.n_samples), "--n-real", str(args.n_real),
+              "--out", str(args.out), "--seed", str(args.seed), "--mix-layers", str(args.mix_layers)]
     if getattr(args, "refine_steps", 0):
         parts += ["--refine-steps", str(args.refine_steps), "--refine-n", str(args.refine_n)]
         if args.refine_lr is not None:
             parts += ["--refine-lr", str(args.refine_lr)]
     if getattr(args, "device", "cpu") != "cpu":
         parts += ["--device", str(args.device)]
+    if getattr(args, "groups", None):
+        parts += ["--groups", str(args.groups), "--group-data", str(args.group_data), "--per-group",
+                  str(args.per_group)]
+        if args.manifest:
+            parts += ["--manifest", str(args.manifest)] + (["--split", str(args.split)] if args.split else [])
+        if args.groupings:
+            parts += ["--groupings", ",".join(args.groupings)]
+        if args.only_groups:
+            parts += ["--only-groups"]
     return shlex.join(parts)
-
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Metric helpers (pure functions, tested directly)
@@ -466,17 +475,25 @@ class Report:
         self.load_models()
         if self.G is not None and any(b >= self.G.num_ws for _, b in self.ranges[:1]):
             log.warning("first --mix-layers range is outside the generator; the grid uses the method's band")
-        self.section("real_data", self.load_real)
-        self.section("samples", self.samples)
-        self.section("detection", self.detection)
-        self.section("mixing", self.mixing)
-        self.section("fd_dlib", self.fd)
-        self.section("encoder", self.encoder)
-        if a.refine_steps:
-            self.section("encoder_refined", self.refined)
+        if not getattr(a, "only_groups", False):
+            self.section("real_data", self.load_real)
+            self.section("samples", self.samples)
+            self.section("detection", self.detection)
+            self.section("mixing", self.mixing)
+            self.section("fd_dlib", self.fd)
+            self.section("encoder", self.encoder)
+            if a.refine_steps:
+                self.section("encoder_refined", self.refined)
+        if getattr(a, "groups", None):
+            self.section("groups", lambda: group_section.measure(self, a))
+            if self.data["sections"]["groups"]["status"] == "ok":   # groups.<grouping>.<group>.<measure>
+                self.data["groups"] = self.data["sections"]["groups"].pop("groups")
         self.data["images"] = sorted(p.name for p in self.out.glob("*.png"))
         write_json(self.data, self.out / "model_report.json")
-        (self.out / "model_report.md").write_text(markdown(self.data))
+        md = markdown(self.data)
+        if self.data["sections"].get("groups", {}).get("status") == "ok":
+            md = md.rstrip() + "\n\n" + group_section.markdown(self.data["sections"]["groups"], self.data["groups"])
+        (self.out / "model_report.md").write_text(md)
         return self.data
 
 
