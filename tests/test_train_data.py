@@ -111,3 +111,22 @@ def test_train_data_command_prints_what_it_cached(tmp_path, flat_folder):
     assert r.returncode == 0, r.stderr
     assert "flat folder: 3 aligned 32x32 photos, 1 without a usable face" in r.stdout
     assert "training photos in all: 3" in r.stdout
+
+
+def test_v2_generator_config_changes_only_the_data(monkeypatch):
+    """configs/train_generator_v2.yaml is v1's recipe on more data: only the data fields, the output folder and the
+    starting state differ, so what v2 measures is the effect of the data (docs/models.md)."""
+    import dataclasses
+    from pathlib import Path
+
+    from faceanonymixer import config as config_mod
+    from faceanonymixer.train.gan import GeneratorTrainConfig
+    root = Path(__file__).resolve().parents[1]
+    v1 = config_mod.load(GeneratorTrainConfig, root / "configs/train_generator.yaml", [])
+    v2 = config_mod.load(GeneratorTrainConfig, root / "configs/train_generator_v2.yaml", [])
+    changed = {f.name for f in dataclasses.fields(v1) if getattr(v1, f.name) != getattr(v2, f.name)}
+    assert changed == {"flat_data", "out", "init_from"}, changed
+    assert (root / v2.init_from).is_file()
+    monkeypatch.delenv("FACEANONYMIXER_UTKFACE", raising=False)
+    with pytest.raises(ConfigError, match="flat_data: .*FACEANONYMIXER_UTKFACE.*not set"):
+        D.expand_path(v2.flat_data, "flat_data")
