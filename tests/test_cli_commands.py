@@ -12,17 +12,14 @@ import contextlib
 import csv
 import io
 import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from _server import ServerProcess
 
 from faceanonymixer import cli
 from faceanonymixer.keys import Key, read_key_file, write_key_file
@@ -362,47 +359,6 @@ def test_calibrate(tmp_path):
 
 
 # -- serve, client -------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    """`faceanonymixer serve --config configs/serve.yaml --db sqlite:///service.db --port P` in a subprocess."""
-
-    def __init__(self, db: str, log: Path):          # database URL, file for its stdout + stderr
-        self.port, self.log = _free_port(), log
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT / "src")] + sys.path))
-        self._f = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-c", "import sys; from faceanonymixer.cli import main; "
-                                      "sys.exit(main(sys.argv[1:]))", "serve", "--config",
-                                      str(ROOT / "configs" / "serve.yaml"), "--db", db, "--port", str(self.port)],
-                                     stdout=self._f, stderr=subprocess.STDOUT, env=env)
-        import httpx
-        end = time.monotonic() + 120
-        while time.monotonic() < end and self.proc.poll() is None:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        self.stop()
-        raise AssertionError(f"the server did not start:\n{log.read_text()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._f.close()
-        return self.proc.returncode
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     """`serve token add laptop --db ...` (its output kept for test_serve), then the server on that database."""
@@ -411,7 +367,7 @@ def service(tmp_path_factory):
     d = tmp_path_factory.mktemp("service")
     db = f"sqlite:///{d / 'service.db'}"
     rc, out, err = run(["serve", "token", "add", "laptop", "--role", "enrol", "--db", db])
-    srv = _Server(db, d / "server.log")
+    srv = ServerProcess(["--config", str(ROOT / "configs" / "serve.yaml"), "--db", db], d / "server.log")
     srv.db, srv.token_add = db, (rc, out, err)
     yield srv
     srv.stop()

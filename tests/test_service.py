@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from _server import ServerProcess, free_port  # noqa: F401 (free_port: re-used by test_service_postgres)
 from _tiny import run_cli, tiny_protector
 from PIL import Image
 
@@ -33,13 +34,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = data_dir() / "samples"
 SIDE = 32                                  # the tiny protector's resolution
-MAIN = "import sys; from faceanonymixer.cli import main; sys.exit(main(sys.argv[1:]))"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def add_token(db: str, name: str, role: str = "admin") -> str:
@@ -50,46 +44,19 @@ def add_token(db: str, name: str, role: str = "admin") -> str:
     return buf.getvalue().strip().splitlines()[-1]
 
 
-class Server:
-    """`faceanonymixer serve` in a subprocess on a free loopback port; JSON-lines log in ``log``."""
+class Server(ServerProcess):
+    """The server on ``db`` with the tiny protector's settings and test limits; JSON-lines log in ``log``."""
 
     def __init__(self, db: str, folder: Path, sets=()):  # database URL, folder for the log, --set overrides
-        self.db, self.port, self.log = db, free_port(), folder / "server.log"
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join([str(ROOT / "src")] + sys.path))
-        argv = [sys.executable, "-c", MAIN, "serve", "--db", db, "--port", str(self.port),
-                "--set", f"match.resolution={SIDE}", "--set", "match.threshold=-1",
+        self.db = db
+        args = ["--db", db, "--set", f"match.resolution={SIDE}", "--set", "match.threshold=-1",
                 "--set", "limits.max_image_bytes=200000", "--set", "limits.max_body_bytes=1000000",
                 "--set", "limits.max_images=4", "--set", "graceful_timeout_s=20",
                 # the limiter is tested on its own (test_rate_limit_...): a fast machine must not hit it elsewhere
                 "--set", "limits.rate=10000", "--set", "limits.burst=10000"]
         for s in sets:
-            argv += ["--set", s]
-        self._logf = open(self.log, "wb")
-        self.proc = subprocess.Popen(argv, stdout=self._logf, stderr=subprocess.STDOUT, env=env)
-        end = time.monotonic() + 120
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        self.stop()
-        raise AssertionError(f"server did not answer in 120 s:\n{self.log.read_text()}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._logf.close()
-        return self.proc.returncode
+            args += ["--set", s]
+        super().__init__(args, folder / "server.log")
 
     def lines(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
