@@ -33,7 +33,7 @@ def _torchvision_file(tmp_path: Path, net: str, name: str | None = None) -> Path
     (small stand-ins here: the loader must ignore the classifier whatever it holds)."""
     sd = MAKER.backbone_state(net)
     assert MAKER.digest(sd.values()) == REF[net]["weights_sha256"], \
-        "torch.Generator gives other numbers than when the reference was made: regenerate tests/data/lpips"
+        "the seeded weights differ from the reference's: regenerate tests/data/lpips (README there)"
     sd["classifier.1.weight"] = torch.zeros(8, 4)
     sd["classifier.1.bias"] = torch.zeros(8)
     path = tmp_path / (name or f"{net}.pth")

@@ -6,9 +6,12 @@
     /tmp/venv_lpips/bin/python tests/data/lpips/make_lpips_data.py reference tests/data/lpips/reference.pt
 
 The backbone weights and the inputs are NOT stored: ``backbone_state`` and ``inputs`` below draw them from
-seeded ``torch.Generator``s (CPU), which give the same numbers in both torch versions; their sha256 is stored
-with the reference outputs, so a change in torch's generator shows up as a clear failure, not as a wrong value.
-This file imports only torch (and, per step, safetensors or lpips/torchvision), never the project at run time:
+seeded NumPy generators (PCG64, float64 normals cast to float32) with only exactly-rounded arithmetic after the
+draw (products, sums, repeat, clip). Not torch.randn: its CPU kernel is vectorised differently per instruction set
+(AVX-512, AVX2, plain x86-64 give other numbers from one seed), and not tanh or interpolation (their vectorised
+kernels round differently). Their sha256 is stored with the reference outputs, so a change shows up as a clear
+failure, not as a wrong value.
+This file imports only torch and NumPy (and, per step, safetensors or lpips/torchvision), never the project:
 the test imports ``backbone_state`` and ``inputs`` from it, so both sides use the very same code.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SEED = {"vgg": 7001, "alex": 7002}
@@ -33,28 +37,32 @@ CONVS = {
 }
 
 
+def _normal(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return rng.standard_normal(shape)                       # float64; the same numbers on every CPU
+
+
 def backbone_state(net: str) -> dict[str, torch.Tensor]:
     """Random ``features.*`` weights in torchvision's layout: He-normal weights, small biases, drawn in index
-    order from ``torch.Generator().manual_seed(SEED[net])``."""
-    g = torch.Generator().manual_seed(SEED[net])
+    order from ``np.random.default_rng(SEED[net])``."""
+    rng = np.random.default_rng(SEED[net])
     sd = {}
     for i, cout, cin, k in CONVS[net]:
-        sd[f"features.{i}.weight"] = torch.randn(cout, cin, k, k, generator=g) * math.sqrt(2.0 / (cin * k * k))
-        sd[f"features.{i}.bias"] = torch.randn(cout, generator=g) * 0.05
+        w = _normal(rng, cout, cin, k, k) * math.sqrt(2.0 / (cin * k * k))
+        sd[f"features.{i}.weight"] = torch.from_numpy(w.astype(np.float32))
+        sd[f"features.{i}.bias"] = torch.from_numpy((_normal(rng, cout) * 0.05).astype(np.float32))
     return sd
 
 
 def inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    """Three 64x64 pairs in [-1,1]: smooth images (8x8 noise, bilinear up) and (0) a slightly noisier copy,
-    (1) a strongly changed copy, (2) an unrelated image."""
-    g = torch.Generator().manual_seed(INPUT_SEED)
-    base = torch.randn(4, 3, 8, 8, generator=g)
-    base = torch.nn.functional.interpolate(base, size=(64, 64), mode="bilinear", align_corners=False)
-    base = torch.tanh(base + 0.3 * torch.randn(4, 3, 64, 64, generator=g))
-    noise = torch.randn(2, 3, 64, 64, generator=g)
-    x0 = base[:3].clone()
-    x1 = torch.stack([(base[0] + 0.05 * noise[0]).clamp(-1, 1), (base[1] + 0.5 * noise[1]).clamp(-1, 1), base[3]])
-    return x0, x1
+    """Three 64x64 pairs in [-1,1]: blocky smooth images (8x8 noise repeated 8x, plus fine noise, clipped) and
+    (0) a slightly noisier copy, (1) a strongly changed copy, (2) an unrelated image."""
+    rng = np.random.default_rng(INPUT_SEED)
+    base = _normal(rng, 4, 3, 8, 8).repeat(8, axis=2).repeat(8, axis=3)
+    base = np.clip(0.6 * base + 0.3 * _normal(rng, 4, 3, 64, 64), -1.0, 1.0)
+    noise = _normal(rng, 2, 3, 64, 64)
+    x0 = base[:3].copy()
+    x1 = np.stack([np.clip(base[0] + 0.05 * noise[0], -1, 1), np.clip(base[1] + 0.5 * noise[1], -1, 1), base[3]])
+    return torch.from_numpy(x0.astype(np.float32)), torch.from_numpy(x1.astype(np.float32))
 
 
 def digest(tensors) -> str:
