@@ -111,6 +111,14 @@ def test_train_data_command_prints_what_it_cached(tmp_path, flat_folder):
     assert r.returncode == 0, r.stderr
     assert "flat folder: 3 aligned 32x32 photos, 1 without a usable face" in r.stdout
     assert "training photos in all: 3" in r.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no photo of the 'train' split"):
+        D.prepare_aligned_flat(empty, tmp_path / "c3", 32)
+    r = subprocess.run([sys.executable, "-c", "import sys; from faceanonymixer.cli import main; sys.exit(main())",
+                        "train", "data", "--set", "data=none", "--set", f"cache={tmp_path / 'c4'}"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "no training data" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_v2_generator_config_changes_only_the_data(monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from .. import config as config_mod
+from ..config import ConfigError
 from ..fileio import shown
 from ..train.encoder import EncoderTrainConfig, EncoderTrainer, export_encoder
 from ..train.gan import GeneratorTrainConfig, GeneratorTrainer, export_generator
@@ -60,6 +61,9 @@ def _build_data(cfg: GeneratorTrainConfig) -> int:
         paths.append(("flat folder", prepare_aligned_flat(flat, cfg.cache, cfg.resolution, "train",
                                                           expand_path(cfg.flat_manifest, "flat_manifest"),
                                                           cfg.max_images)))
+    if not paths:
+        raise ConfigError("no training data: data is 'none' and flat_data is not set; give --set flat_data=FOLDER "
+                          "or identity folders with --set data=FOLDER")
     total = 0
     for what, path in paths:
         s = cache_summary(path)

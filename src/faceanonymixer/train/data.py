@@ -182,6 +182,10 @@ def prepare_aligned_flat(root: str | Path, cache_dir: str | Path, size: int, spl
         raise ConfigError(f"flat training data folder {root} does not exist (and there is no cache {out}); "
                           "give a folder of photos with --set flat_data=/path")
     files = list_flat(root, split, manifest)[: max_images or None]
+    if not files:
+        how = f"the manifest {manifest}" if manifest is not None else "the content-hash split (train.data.content_split)"
+        raise ConfigError(f"flat training data folder {root}: no photo of the '{split}' split by {how}; "
+                          "check the folder (and the manifest's file names)")
     return _write_cache(out, *_align_items([(f"flat:{f.name}", f) for f in files], size,
                                            f"align {Path(root).name} {split}@{size}"))
 
